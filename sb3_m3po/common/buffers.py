@@ -1,0 +1,258 @@
+"""Rollout buffer with behaviour log-probabilities and bonus terms, and an episodic replay buffer."""
+
+from collections.abc import Generator
+from typing import NamedTuple
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_m3po.common.math import importance_corrected_gae
+
+
+class M3PORolloutBufferSamples(NamedTuple):
+    """A PPO minibatch (field names as SB3's ``RolloutBufferSamples``) plus the importance weight."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    behaviour_log_prob: th.Tensor
+
+
+class ReplaySamples(NamedTuple):
+    """Contiguous ``H``-step subsequences, time-major."""
+
+    observations: th.Tensor  # (B, obs_dim) first observation
+    actions: th.Tensor  # (H, B, A)
+    rewards: th.Tensor  # (H, B, 1)
+    next_observations: th.Tensor  # (H, B, obs_dim)
+    terminated: th.Tensor  # (H, B, 1)
+
+
+class M3PORolloutBuffer(RolloutBuffer):
+    """
+    Rollout buffer for M3PO.
+
+    Besides SB3's fields it stores the real next observation (terminal one on episode
+    end), terminated vs truncated, the behaviour log-probability of the executed action
+    under the distribution it was drawn from (MPPI's Gaussian, or the prior when the
+    planner is off), ``Q_MB``, ``Q_MF``, the raw and normalised bonus, and the
+    importance-corrected, bonus-augmented advantage.
+
+    Observations are stored flat, ``(n_steps, n_envs, obs_dim)``.
+
+    :param rho_bar: truncation of the policy-gradient importance weight
+    :param c_bar: truncation of the trace-cutting weight
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Box,
+        action_space: spaces.Box,
+        device: th.device | str = "auto",
+        gae_lambda: float = 1,
+        gamma: float = 0.99,
+        n_envs: int = 1,
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
+    ) -> None:
+        self.rho_bar, self.c_bar = rho_bar, c_bar
+        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
+
+    def reset(self) -> None:
+        shape = (self.buffer_size, self.n_envs)
+        self.next_observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
+        self.behaviour_log_probs = np.zeros(shape, dtype=np.float32)
+        self.terminated = np.zeros(shape, dtype=np.float32)
+        self.dones = np.zeros(shape, dtype=np.float32)
+        self.next_values = np.zeros(shape, dtype=np.float32)
+        self.q_mb = np.zeros(shape, dtype=np.float32)
+        self.q_mf = np.zeros(shape, dtype=np.float32)
+        self.bonus = np.zeros(shape, dtype=np.float32)
+        self.bonus_normalised = np.zeros(shape, dtype=np.float32)
+        super().reset()
+        # Actions live in the planner's float32 [-1, 1] units whatever the env's dtype
+        self.actions = self.actions.astype(np.float32)
+
+    def add_transition(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        episode_start: np.ndarray,
+        value: th.Tensor,
+        log_prob: th.Tensor,
+        behaviour_log_prob: th.Tensor,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        done: np.ndarray,
+    ) -> None:
+        """Add one step of all envs (``pos`` advances through :meth:`add`)."""
+        self.next_observations[self.pos] = next_obs
+        self.behaviour_log_probs[self.pos] = behaviour_log_prob.cpu().numpy()
+        self.terminated[self.pos] = terminated
+        self.dones[self.pos] = done
+        self.add(obs, action, reward, episode_start, value, log_prob)
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        """
+        Importance-corrected GAE; needs ``next_values`` filled (see ``M3PO._compute_bonus``).
+
+        The arguments exist for SB3 compatibility: the stored next values already
+        cover the last step.
+        """
+        self.advantages, self.returns = importance_corrected_gae(
+            self.rewards,
+            self.values,
+            self.next_values,
+            self.terminated,
+            self.dones,
+            self.log_probs - self.behaviour_log_probs,
+            self.gamma,
+            self.gae_lambda,
+            self.rho_bar,
+            self.c_bar,
+        )
+
+    def add_bonus(self, bonus_coef: float) -> None:
+        """``A' = A + bonus_coef * std(A) * clip(zscore(eps), 0, c)`` (scale-free in the reward units)."""
+        if bonus_coef > 0:
+            self.advantages = self.advantages + bonus_coef * self.advantages.std() * self.bonus_normalised
+
+    def get(self, batch_size: int | None = None) -> Generator[M3PORolloutBufferSamples, None, None]:  # type: ignore[override]
+        assert self.full, "the rollout buffer must be full before sampling"
+        indices = np.random.permutation(self.buffer_size * self.n_envs)
+        if not self.generator_ready:
+            for name in ["observations", "actions", "values", "log_probs", "advantages", "returns", "behaviour_log_probs"]:
+                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+            self.generator_ready = True
+        if batch_size is None:
+            batch_size = self.buffer_size * self.n_envs
+        start = 0
+        while start < self.buffer_size * self.n_envs:
+            yield self._get_samples(indices[start : start + batch_size])
+            start += batch_size
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> M3PORolloutBufferSamples:  # type: ignore[override]
+        data = (
+            self.observations[batch_inds],
+            self.actions[batch_inds],
+            self.values[batch_inds].flatten(),
+            self.log_probs[batch_inds].flatten(),
+            self.advantages[batch_inds].flatten(),
+            self.returns[batch_inds].flatten(),
+            self.behaviour_log_probs[batch_inds].flatten(),
+        )
+        return M3PORolloutBufferSamples(*tuple(map(self.to_torch, data)))
+
+
+class EpisodicReplayBuffer:
+    """
+    Replay for the world model that samples contiguous ``H``-step subsequences inside one episode.
+
+    Storage is ``(capacity_per_env, n_envs, ...)``; every transition carries the id of
+    its episode, and a subsequence is valid when its first and last transitions share
+    the id (ids only grow along an env's timeline) and it does not run over the write
+    position. Observations are stored as the env produced them before ``VecNormalize``
+    and normalised with the current statistics when sampled.
+
+    :param buffer_size: total capacity (split evenly over envs)
+    :param obs_dim: flat observation size
+    :param action_dim: action size
+    :param n_envs: number of parallel envs
+    :param device: torch device of the sampled tensors
+    """
+
+    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, n_envs: int, device: th.device | str = "cpu") -> None:
+        self.capacity = max(buffer_size // n_envs, 1)
+        self.n_envs, self.device = n_envs, device
+        shape = (self.capacity, n_envs)
+        self.observations = np.zeros((*shape, obs_dim), dtype=np.float32)
+        self.next_observations = np.zeros((*shape, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((*shape, action_dim), dtype=np.float32)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.terminated = np.zeros(shape, dtype=np.float32)
+        self.episode_ids = np.zeros(shape, dtype=np.int64)
+        self._current_episode = np.arange(n_envs, dtype=np.int64)
+        self._next_episode_id = n_envs
+        self.pos = 0
+        self.full = False
+
+    def size(self) -> int:
+        """Number of stored transitions (all envs)."""
+        return (self.capacity if self.full else self.pos) * self.n_envs
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        done: np.ndarray,
+    ) -> None:
+        """Add one step of all envs; ``done`` (terminated or truncated) closes the episode."""
+        self.observations[self.pos] = obs
+        self.next_observations[self.pos] = next_obs
+        self.actions[self.pos] = action
+        self.rewards[self.pos] = reward
+        self.terminated[self.pos] = terminated
+        self.episode_ids[self.pos] = self._current_episode
+        done_idx = np.flatnonzero(done)
+        self._current_episode[done_idx] = self._next_episode_id + np.arange(len(done_idx))
+        self._next_episode_id += len(done_idx)
+        self.pos = (self.pos + 1) % self.capacity
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size: int, horizon: int, env: VecNormalize | None = None) -> ReplaySamples:
+        """
+        Sample ``batch_size`` subsequences of ``horizon`` transitions, each inside one episode.
+
+        :param env: optional ``VecNormalize`` whose statistics normalise observations and rewards
+        :raises ValueError: if no valid subsequence exists (too little data or episodes shorter than ``horizon``)
+        """
+        filled = self.capacity if self.full else self.pos
+        oldest = self.pos if self.full else 0
+        num_starts = filled - horizon + 1
+        if num_starts <= 0:
+            raise ValueError(f"replay holds {filled} steps per env, fewer than the horizon {horizon}")
+        starts_t, starts_e = [], []
+        found, attempts = 0, 0
+        while found < batch_size:
+            attempts += 1
+            if attempts > 100:
+                raise ValueError(
+                    f"could not sample {batch_size} subsequences of {horizon} steps inside one episode "
+                    f"({found} found): are episodes shorter than the horizon?"
+                )
+            t0 = (oldest + np.random.randint(0, num_starts, size=2 * batch_size)) % self.capacity
+            env_idx = np.random.randint(0, self.n_envs, size=2 * batch_size)
+            t_last = (t0 + horizon - 1) % self.capacity
+            ok = self.episode_ids[t0, env_idx] == self.episode_ids[t_last, env_idx]
+            starts_t.append(t0[ok])
+            starts_e.append(env_idx[ok])
+            found += int(ok.sum())
+        t0 = np.concatenate(starts_t)[:batch_size]
+        env_idx = np.concatenate(starts_e)[:batch_size]
+        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity  # (H, B)
+        obs = self.observations[t0, env_idx]
+        next_obs = self.next_observations[time_idx, env_idx[None, :]]
+        rewards = self.rewards[time_idx, env_idx[None, :]]
+        if env is not None:
+            obs = env.normalize_obs(obs)
+            next_obs = env.normalize_obs(next_obs)
+            rewards = env.normalize_reward(rewards)
+        to_torch = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)  # noqa: E731
+        return ReplaySamples(
+            to_torch(obs),
+            to_torch(self.actions[time_idx, env_idx[None, :]]),
+            to_torch(rewards)[..., None],
+            to_torch(next_obs),
+            to_torch(self.terminated[time_idx, env_idx[None, :]])[..., None],
+        )

@@ -1,0 +1,72 @@
+"""Env construction for the benchmark suites: DMControl (via shimmy) and Meta-World, with action repeat."""
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+
+class ActionRepeat(gym.Wrapper):
+    """
+    Repeat each action ``repeat`` times and sum the rewards.
+
+    Budgets in this package count simulator steps (TD-MPC2's convention), so
+    ``info["sim_steps"]`` reports how many were taken.
+    """
+
+    def __init__(self, env: gym.Env, repeat: int = 2) -> None:
+        assert repeat >= 1, f"action repeat must be >= 1, got {repeat}"
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        total, sim_steps = 0.0, 0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            sim_steps += 1
+            if terminated or truncated:
+                break
+        info["sim_steps"] = sim_steps
+        return obs, total, terminated, truncated, info
+
+
+class SuccessInfo(gym.Wrapper):
+    """Expose Meta-World's ``info["success"]`` as SB3's ``info["is_success"]``."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["is_success"] = bool(info.get("success", 0.0) > 0)
+        return obs, reward, terminated, truncated, info
+
+
+def make_env(env_id: str, action_repeat: int = 1, seed: int | None = None, **kwargs: Any) -> gym.Env:
+    """
+    Build one env from an id: ``dm_control/<domain>-<task>-v0``, ``metaworld/<task>-v3``
+    (Meta-World MT1) or any gymnasium id.
+
+    DMControl Dict observations are flattened to float32. Meta-World success is
+    reported as ``info["is_success"]``.
+
+    :param env_id: the env id
+    :param action_repeat: simulator steps per agent decision
+    :param seed: seed for Meta-World task sampling
+    """
+    if env_id.startswith("dm_control/"):
+        import shimmy  # noqa: F401  (registers the dm_control ids)
+
+        env: gym.Env = gym.make(env_id, **kwargs)
+        env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+    elif env_id.lower().startswith("metaworld/"):
+        import metaworld  # noqa: F401  (registers the Meta-World ids)
+
+        task = env_id.split("/", 1)[1]
+        env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
+        env = SuccessInfo(env)
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+    else:
+        env = gym.make(env_id, **kwargs)
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
+    return env

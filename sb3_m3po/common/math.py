@@ -1,0 +1,188 @@
+"""Small pure functions used by the world model, the planner and the bonus.
+
+Each function is free of module state so it can be unit-tested alone.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+
+
+def symlog(x: th.Tensor) -> th.Tensor:
+    """Symmetric log: ``sign(x) * log(1 + |x|)``; compresses large rewards and values."""
+    return th.sign(x) * th.log1p(x.abs())
+
+
+def symexp(x: th.Tensor) -> th.Tensor:
+    """Inverse of :func:`symlog`."""
+    return th.sign(x) * th.expm1(x.abs())
+
+
+def bin_centers(vmin: float, vmax: float, num_bins: int, device: th.device | str = "cpu") -> th.Tensor:
+    """Evenly spaced bin centres of the two-hot support (in symlog space)."""
+    return th.linspace(vmin, vmax, num_bins, device=device)
+
+
+def two_hot(x: th.Tensor, vmin: float, vmax: float, num_bins: int) -> th.Tensor:
+    """
+    Encode scalars as a two-hot distribution over ``num_bins`` bins of ``symlog(x)``.
+
+    :param x: scalars of any shape
+    :param vmin: lowest bin centre (symlog space)
+    :param vmax: highest bin centre (symlog space)
+    :param num_bins: number of bins
+    :return: tensor of shape ``x.shape + (num_bins,)`` whose rows sum to one
+    """
+    bin_size = (vmax - vmin) / (num_bins - 1)
+    y = symlog(x).clamp(vmin, vmax)
+    pos = (y - vmin) / bin_size
+    low = pos.floor().clamp(0, num_bins - 1)
+    high_weight = pos - low
+    low_idx = low.long()
+    high_idx = (low_idx + 1).clamp(max=num_bins - 1)
+    out = th.zeros(*x.shape, num_bins, device=x.device, dtype=x.dtype)
+    out.scatter_add_(-1, low_idx.unsqueeze(-1), (1.0 - high_weight).unsqueeze(-1))
+    out.scatter_add_(-1, high_idx.unsqueeze(-1), high_weight.unsqueeze(-1))
+    return out
+
+
+def two_hot_inv(logits: th.Tensor, vmin: float, vmax: float) -> th.Tensor:
+    """
+    Decode logits over two-hot bins back to scalars: ``symexp(E[bin])``.
+
+    :param logits: tensor of shape ``(..., num_bins)``
+    :return: tensor of shape ``(..., 1)``
+    """
+    centers = bin_centers(vmin, vmax, logits.shape[-1], logits.device)
+    return symexp((F.softmax(logits, dim=-1) * centers).sum(-1, keepdim=True))
+
+
+def soft_ce(logits: th.Tensor, target: th.Tensor, vmin: float, vmax: float) -> th.Tensor:
+    """
+    Cross-entropy between predicted bin logits and the two-hot encoding of scalar targets.
+
+    :param logits: ``(..., num_bins)``
+    :param target: scalars of shape ``(..., 1)`` or ``(...)``
+    :return: per-element loss of shape ``(..., 1)``
+    """
+    if target.dim() == logits.dim():
+        target = target.squeeze(-1)
+    target_dist = two_hot(target, vmin, vmax, logits.shape[-1])
+    return -(target_dist * F.log_softmax(logits, dim=-1)).sum(-1, keepdim=True)
+
+
+def simnorm(x: th.Tensor, group_size: int) -> th.Tensor:
+    """
+    Simplicial normalisation: softmax over consecutive groups of ``group_size`` features.
+
+    Keeps latents on a product of simplices, which bounds them and stabilises
+    multi-step latent rollouts.
+    """
+    shape = x.shape
+    assert shape[-1] % group_size == 0, f"latent dim {shape[-1]} must be a multiple of simnorm group {group_size}"
+    x = x.reshape(*shape[:-1], shape[-1] // group_size, group_size)
+    return F.softmax(x, dim=-1).reshape(shape)
+
+
+class MPPIRefit(NamedTuple):
+    mean: th.Tensor  # (B, H, A)
+    std: th.Tensor  # (B, H, A)
+    elite_actions: th.Tensor  # (B, K, H, A)
+    elite_values: th.Tensor  # (B, K)
+    weights: th.Tensor  # (B, K), sum to one
+
+
+def mppi_refit(
+    actions: th.Tensor,
+    values: th.Tensor,
+    num_elites: int,
+    temperature: float,
+    min_std: float,
+    max_std: float,
+    action_mask: th.Tensor | None = None,
+) -> MPPIRefit:
+    """
+    Refit the MPPI Gaussian to the elite action sequences.
+
+    :param actions: candidate sequences ``(B, N, H, A)``
+    :param values: their returns ``(B, N)``
+    :param num_elites: how many best candidates are kept
+    :param temperature: multiplies the (max-shifted) elite values before the softmax
+    :param min_std: lower clamp of the refitted std
+    :param max_std: upper clamp of the refitted std
+    :param action_mask: optional ``(B, A)`` of 0/1; masked dims get mean 0 and std 0
+    """
+    elite_values, elite_idx = th.topk(values, num_elites, dim=1)
+    gather_idx = elite_idx[:, :, None, None].expand(-1, -1, actions.shape[2], actions.shape[3])
+    elite_actions = th.gather(actions, 1, gather_idx)
+    weights = th.softmax(temperature * (elite_values - elite_values.max(1, keepdim=True).values), dim=1)
+    w = weights[:, :, None, None]
+    mean = (w * elite_actions).sum(1)
+    std = ((w * (elite_actions - mean.unsqueeze(1)) ** 2).sum(1)).sqrt().clamp(min_std, max_std)
+    if action_mask is not None:
+        mask = action_mask[:, None, :]
+        mean = mean * mask
+        std = std * mask
+    return MPPIRefit(mean, std, elite_actions, elite_values, weights)
+
+
+def exploration_bonus(q_mb: th.Tensor, q_mf: th.Tensor, clip: float) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Hybrid exploration bonus from the gap between model-based and model-free one-step values.
+
+    :param q_mb: ``R(z, a) + gamma * V(d(z, a))``
+    :param q_mf: ``r + gamma * (1 - terminated) * V(h(s'))``
+    :param clip: upper clip of the z-scored gap
+    :return: raw gap ``|q_mb - q_mf|`` and its batch z-score clipped to ``[0, clip]``
+    """
+    eps = (q_mb - q_mf).abs()
+    if eps.numel() < 2:
+        return eps, th.zeros_like(eps)
+    normalised = (eps - eps.mean()) / (eps.std() + 1e-8)
+    return eps, normalised.clamp(0.0, clip)
+
+
+def importance_corrected_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    dones: np.ndarray,
+    log_ratio: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+    rho_bar: float,
+    c_bar: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    GAE(lambda) with V-trace truncated importance weights, arrays of shape ``(n_steps, n_envs)``.
+
+    The executed action came from the behaviour distribution ``mu`` (MPPI), while PPO
+    optimises the prior ``pi``; ``log_ratio = log pi_old(a) - log mu(a)``.
+    With ``rho_t = min(rho_bar, exp(log_ratio))`` and ``c_t = min(c_bar, exp(log_ratio))``::
+
+        delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)
+        D_t     = rho_t * delta_t + gamma * lambda * (1 - done_t) * c_t * D_{t+1}   (value target - V)
+        A_t     = rho_t * (delta_t + gamma * lambda * (1 - done_t) * D_{t+1})       (policy advantage)
+
+    ``next_values`` is the value of the real next observation (the terminal one on
+    episode end), so truncated episodes bootstrap and terminated ones do not.
+    When ``log_ratio == 0`` (planner off) both equal plain GAE, i.e. PPO.
+
+    :return: ``(advantages, returns)`` where ``returns = D + values``
+    """
+    weight = np.exp(log_ratio)
+    rho = np.minimum(rho_bar, weight)
+    c = np.minimum(c_bar, weight)
+    delta = rewards + gamma * (1.0 - terminated) * next_values - values
+    advantages = np.zeros_like(rewards)
+    residual = np.zeros_like(rewards)
+    next_residual = np.zeros(rewards.shape[1:], dtype=rewards.dtype)
+    for step in reversed(range(rewards.shape[0])):
+        carry = gamma * gae_lambda * (1.0 - dones[step]) * next_residual
+        advantages[step] = rho[step] * (delta[step] + carry)
+        residual[step] = rho[step] * delta[step] + c[step] * carry
+        next_residual = residual[step]
+    return advantages, residual + values

@@ -1,0 +1,66 @@
+"""Observation handling shared by the algorithm and the policy."""
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+
+
+def check_observation_space(observation_space: spaces.Space) -> int:
+    """
+    Check that M3PO can encode the observation space and return its flat size.
+
+    :raises ValueError: for image observations or non-Box (sub)spaces
+    """
+    if isinstance(observation_space, spaces.Dict):
+        subspaces = list(observation_space.spaces.items())
+    else:
+        subspaces = [("obs", observation_space)]
+    size = 0
+    for key, space in subspaces:
+        if not isinstance(space, spaces.Box):
+            raise ValueError(
+                f"M3PO supports Box observations (or a Dict of Box), but observation '{key}' is {space}. "
+                "Wrap the env (e.g. gymnasium.wrappers.FlattenObservation) to give a Box."
+            )
+        if is_image_space(space, check_channels=False):
+            raise ValueError(
+                f"M3PO has no CNN encoder yet, but observation '{key}' looks like an image ({space}). Use state observations."
+            )
+        size += int(np.prod(space.shape))
+    return size
+
+
+def flatten_observation(obs: np.ndarray | dict[str, np.ndarray], n_envs: int) -> np.ndarray:
+    """
+    Flatten a batch of (possibly Dict) observations to ``(n_envs, obs_dim)`` float32.
+
+    Dict keys are concatenated in sorted order, the order of ``gymnasium.spaces.Dict``.
+    """
+    if isinstance(obs, dict):
+        return np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(n_envs, -1) for k in sorted(obs)], axis=1)
+    return np.asarray(obs, dtype=np.float32).reshape(n_envs, -1)
+
+
+def real_next_observation(
+    new_obs: np.ndarray | dict[str, np.ndarray], dones: np.ndarray, infos: list[dict]
+) -> np.ndarray | dict[str, np.ndarray]:
+    """
+    Replace the auto-reset observation of finished envs by their real terminal observation.
+
+    Only the finished envs are touched; the returned object is a copy.
+    """
+    done_idx = np.flatnonzero(dones)
+    if isinstance(new_obs, dict):
+        next_obs: np.ndarray | dict[str, np.ndarray] = {k: v.copy() for k, v in new_obs.items()}
+    else:
+        next_obs = new_obs.copy()
+    for i in done_idx:
+        terminal = infos[i].get("terminal_observation")
+        if terminal is None:
+            continue
+        if isinstance(next_obs, dict):
+            for k in next_obs:
+                next_obs[k][i] = terminal[k]
+        else:
+            next_obs[i] = terminal
+    return next_obs

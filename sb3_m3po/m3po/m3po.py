@@ -1,0 +1,531 @@
+"""M3PO: model-based policy optimisation with an implicit world model, MPPI and a hybrid bonus."""
+
+import io
+import pathlib
+import pickle
+import zipfile
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import FloatSchedule
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer
+from sb3_m3po.common.math import exploration_bonus
+from sb3_m3po.common.utils import flatten_observation, real_next_observation
+from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
+from sb3_m3po.m3po.policies import M3POPolicy
+
+SelfM3PO = TypeVar("SelfM3PO", bound="M3PO")
+
+
+class M3PO(PPO):
+    """
+    Massively Multi-Task Model-Based Policy Optimization (M3PO).
+
+    Each iteration collects ``n_steps x n_envs`` transitions by MPPI planning with an
+    implicit world model, adds a bonus from the gap between model-based and model-free
+    one-step values to the advantage, runs PPO epochs on the policy prior with
+    importance weights against the planner's behaviour distribution, then trains the
+    world model on replayed ``horizon``-step subsequences.
+
+    Paper: https://arxiv.org/abs/2506.21782 (world model and planner as TD-MPC2, https://arxiv.org/abs/2310.16828)
+
+    :param policy: the policy model to use (``MlpPolicy``, ``MultiInputPolicy``)
+    :param env: the environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate of the prior and value function (or a schedule)
+    :param n_steps: steps per env per rollout
+    :param batch_size: PPO minibatch size
+    :param n_epochs: PPO epochs per rollout
+    :param gamma: discount factor
+    :param gae_lambda: GAE lambda
+    :param clip_range: PPO clip range (or a schedule)
+    :param clip_range_vf: value clip range (None: no clipping)
+    :param normalize_advantage: normalise advantages per minibatch
+    :param ent_coef: entropy coefficient
+    :param vf_coef: value loss coefficient
+    :param max_grad_norm: gradient clip of the PPO update
+    :param target_kl: early-stop PPO epochs above this KL (None: off)
+    :param use_planner: act with MPPI (True) or with the prior alone (False)
+    :param horizon: planning horizon, also the length of world-model training subsequences
+    :param num_samples: MPPI action sequences per iteration
+    :param num_elites: MPPI elites
+    :param num_prior_trajectories: sequences proposed by the prior
+    :param mppi_iterations: MPPI iterations
+    :param temperature: MPPI temperature (multiplies the scores)
+    :param min_std: lower clamp of the MPPI std
+    :param max_std: upper clamp of the MPPI std
+    :param wm_learning_rate: world-model learning rate
+    :param wm_batch_size: subsequences per world-model gradient step
+    :param wm_gradient_steps: world-model steps per iteration (-1: one per collected transition)
+    :param learning_starts: transitions in replay before the world model trains
+    :param buffer_size: replay capacity (transitions)
+    :param rho: temporal weight of the multi-step losses
+    :param consistency_coef: latent consistency loss weight
+    :param reward_coef: reward loss weight
+    :param value_coef: Q loss weight
+    :param wm_max_grad_norm: gradient clip of the world model
+    :param tau: Polyak coefficient of the target Q ensemble
+    :param bonus_coef: initial exploration-bonus coefficient alpha
+    :param bonus_clip: upper clip of the z-scored bonus
+    :param bonus_anneal_fraction: fraction of training over which alpha decays linearly to 0
+    :param rho_bar: truncation of the policy-gradient importance weight
+    :param c_bar: truncation of the trace importance weight
+    :param stats_window_size: window of the rollout statistics
+    :param tensorboard_log: tensorboard log folder (None: off)
+    :param policy_kwargs: extra policy arguments (``model_size``, ``num_q``, ...)
+    :param verbose: verbosity level
+    :param seed: random seed
+    :param device: torch device
+    :param _init_setup_model: build the networks at construction
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[assignment]
+        "MlpPolicy": M3POPolicy,
+        "MultiInputPolicy": M3POPolicy,
+    }
+    policy: M3POPolicy  # type: ignore[assignment]
+    rollout_buffer: M3PORolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[M3POPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 512,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        use_planner: bool = True,
+        horizon: int = 3,
+        num_samples: int = 128,
+        num_elites: int = 16,
+        num_prior_trajectories: int = 8,
+        mppi_iterations: int = 4,
+        temperature: float = 0.5,
+        min_std: float = 0.05,
+        max_std: float = 2.0,
+        wm_learning_rate: float = 3e-4,
+        wm_batch_size: int = 256,
+        wm_gradient_steps: int = -1,
+        learning_starts: int = 1000,
+        buffer_size: int = 1_000_000,
+        rho: float = 0.5,
+        consistency_coef: float = 20.0,
+        reward_coef: float = 0.1,
+        value_coef: float = 0.1,
+        wm_max_grad_norm: float = 20.0,
+        tau: float = 0.01,
+        bonus_coef: float = 0.1,
+        bonus_clip: float = 3.0,
+        bonus_anneal_fraction: float = 0.5,
+        rho_bar: float = 1.0,
+        c_bar: float = 1.0,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        self.use_planner = use_planner
+        self.horizon = horizon
+        self.num_samples = num_samples
+        self.num_elites = num_elites
+        self.num_prior_trajectories = num_prior_trajectories
+        self.mppi_iterations = mppi_iterations
+        self.temperature = temperature
+        self.min_std = min_std
+        self.max_std = max_std
+        self.wm_learning_rate = wm_learning_rate
+        self.wm_batch_size = wm_batch_size
+        self.wm_gradient_steps = wm_gradient_steps
+        self.learning_starts = learning_starts
+        self.buffer_size = buffer_size
+        self.rho = rho
+        self.consistency_coef = consistency_coef
+        self.reward_coef = reward_coef
+        self.value_coef = value_coef
+        self.wm_max_grad_norm = wm_max_grad_norm
+        self.tau = tau
+        self.bonus_coef = bonus_coef
+        self.bonus_clip = bonus_clip
+        self.bonus_anneal_fraction = bonus_anneal_fraction
+        self.rho_bar = rho_bar
+        self.c_bar = c_bar
+        self._plan: th.Tensor | None = None
+        self._last_original_obs: np.ndarray | None = None
+        self._validate_hyperparameters()
+        self._check_spaces()
+        if _init_setup_model:
+            self._setup_model()
+
+    def _validate_hyperparameters(self) -> None:
+        def require(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"Invalid M3PO hyperparameter {name}={getattr(self, name)!r}: expected {expected}")
+
+        require(self.n_steps >= 1, "n_steps", "an integer >= 1")
+        require(self.batch_size >= 2, "batch_size", "an integer >= 2")
+        require(self.n_epochs >= 1, "n_epochs", "an integer >= 1")
+        require(0 < self.gamma <= 1, "gamma", "a value in (0, 1]")
+        require(0 <= self.gae_lambda <= 1, "gae_lambda", "a value in [0, 1]")
+        require(self.wm_batch_size >= 1, "wm_batch_size", "an integer >= 1")
+        require(self.wm_gradient_steps == -1 or self.wm_gradient_steps >= 0, "wm_gradient_steps", "-1 or >= 0")
+        require(self.learning_starts >= 0, "learning_starts", ">= 0")
+        require(self.buffer_size >= 1, "buffer_size", "an integer >= 1")
+        require(0 < self.rho <= 1, "rho", "a value in (0, 1]")
+        for name in ["consistency_coef", "reward_coef", "value_coef", "bonus_coef", "bonus_clip"]:
+            require(getattr(self, name) >= 0, name, "a value >= 0")
+        require(self.wm_max_grad_norm > 0, "wm_max_grad_norm", "a value > 0")
+        require(self.wm_learning_rate > 0, "wm_learning_rate", "a value > 0")
+        require(0 < self.tau <= 1, "tau", "a value in (0, 1]")
+        require(0 < self.bonus_anneal_fraction <= 1, "bonus_anneal_fraction", "a value in (0, 1]")
+        require(self.rho_bar > 0, "rho_bar", "a value > 0")
+        require(self.c_bar > 0, "c_bar", "a value > 0")
+        # The planner config validates its own ranges (horizon, num_elites <= num_samples, ...)
+        self._planner_config()
+
+    def _planner_config(self) -> PlannerConfig:
+        return PlannerConfig(
+            horizon=self.horizon,
+            num_samples=self.num_samples,
+            num_elites=self.num_elites,
+            num_prior_trajectories=self.num_prior_trajectories,
+            iterations=self.mppi_iterations,
+            temperature=self.temperature,
+            min_std=self.min_std,
+            max_std=self.max_std,
+            gamma=self.gamma,
+        )
+
+    def _check_spaces(self) -> None:
+        if not isinstance(self.action_space, spaces.Box):
+            raise ValueError(f"M3PO needs a continuous Box action space, got {self.action_space}")
+        # Unbounded Box action spaces are refused by SB3's BaseAlgorithm with a clear message
+        if self._vec_normalize_env is not None and self._vec_normalize_env.norm_obs:
+            obs_space = self.observation_space
+            if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+                raise ValueError(
+                    "M3PO supports VecNormalize(norm_obs=True) only for 1-D Box observations, "
+                    f"got {obs_space}; flatten the observations first"
+                )
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            planner=self._planner_config(),
+            use_planner=self.use_planner,
+            wm_learning_rate=self.wm_learning_rate,
+            **self.policy_kwargs,
+        )
+        self.policy = self.policy.to(self.device)
+        flat_space = spaces.Box(-np.inf, np.inf, (self.policy.obs_dim,), np.float32)
+        self.rollout_buffer = M3PORolloutBuffer(
+            self.n_steps,
+            flat_space,
+            self.action_space,  # type: ignore[arg-type]
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            rho_bar=self.rho_bar,
+            c_bar=self.c_bar,
+        )
+        self.replay_buffer = EpisodicReplayBuffer(
+            self.buffer_size, self.policy.obs_dim, self.policy.action_dim, self.n_envs, self.device
+        )
+        self._plan = None
+        # Same schedule handling as PPO
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_plan", "_last_original_obs"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer", "policy.wm_optimizer"], []
+
+    # ------------------------------------------------------------------ collection
+    def _flat(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        return flatten_observation(obs, self.n_envs)
+
+    def _check_finite(self, what: str, array: np.ndarray) -> None:
+        if not np.all(np.isfinite(array)):
+            bad = np.flatnonzero(~np.isfinite(array.reshape(self.n_envs, -1)).all(axis=1))
+            raise ValueError(
+                f"M3PO got a non-finite (NaN or inf) {what} for env(s) {bad.tolist()} "
+                f"at timestep {self.num_timesteps}; nothing from this step was stored or trained on"
+            )
+
+    def _original_obs(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """Flat observation as the env produced it, before VecNormalize."""
+        vec_norm = self._vec_normalize_env
+        if vec_norm is None or not vec_norm.norm_obs:
+            return self._flat(obs)
+        return self._flat(vec_norm.unnormalize_obs(obs))  # type: ignore[arg-type]
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: M3PORolloutBuffer,  # type: ignore[override]
+        n_rollout_steps: int,
+    ) -> bool:
+        """
+        Collect ``n_rollout_steps`` per env with the planner, fill both buffers, then compute
+        the bonus and the importance-corrected advantages.
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        if self._plan is None or self._plan.shape[0] != env.num_envs:
+            self._plan = self.policy.initial_plan(env.num_envs)
+        vec_norm = self._vec_normalize_env
+        stds = []
+        n_steps = 0
+        while n_steps < n_rollout_steps:
+            obs_flat = self._flat(self._last_obs)
+            self._check_finite("observation", obs_flat)
+            starts = th.as_tensor(self._last_episode_starts, device=self.device).bool()
+            with th.inference_mode():
+                out = self.policy.act(th.as_tensor(obs_flat, device=self.device), shift_plan(self._plan, starts))
+            self._plan = out.plan
+            stds.append(out.behaviour_std.mean())
+            actions = out.action.cpu().numpy()
+            self._check_finite("planned action (the world model or prior produced NaN/inf)", actions)
+            executed = np.clip(actions, -1.0, 1.0)
+            new_obs, rewards, dones, infos = env.step(self.policy.unscale_action(executed))
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            self._check_finite("reward", np.asarray(rewards, dtype=np.float64))
+            next_obs = real_next_observation(new_obs, dones, infos)
+            next_flat = self._flat(next_obs)
+            self._check_finite("next observation", next_flat)
+            truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=bool) & dones
+            terminated = dones & ~truncated
+            rollout_buffer.add_transition(
+                obs_flat,
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                out.value,
+                out.log_prob,
+                out.behaviour_log_prob,
+                next_flat,
+                terminated,
+                dones,
+            )
+            original_rewards = rewards if vec_norm is None else vec_norm.get_original_reward()
+            self.replay_buffer.add(
+                self._original_obs(self._last_obs),
+                self._original_obs(next_obs),
+                executed,
+                original_rewards,
+                terminated,
+                dones,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        self._compute_bonus(th.stack(stds).mean().item())
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _bonus_coef_now(self) -> float:
+        progress = self.num_timesteps / max(self._total_timesteps, 1)
+        return self.bonus_coef * max(0.0, 1.0 - progress / self.bonus_anneal_fraction)
+
+    def _compute_bonus(self, mppi_std: float) -> None:
+        """Q_MB, Q_MF, the bonus and the augmented advantage of the whole rollout, in one batched pass."""
+        buf = self.rollout_buffer
+        flat = lambda x: th.as_tensor(x.reshape(-1, *x.shape[2:]), device=self.device)  # noqa: E731
+        with th.inference_mode():
+            obs, next_obs = flat(buf.observations), flat(buf.next_observations)
+            actions = flat(buf.actions).clamp(-1.0, 1.0)
+            task = self.policy.task_ids(obs)
+            wm = self.policy.world_model
+            z = wm.encode(obs, task)
+            next_value = self.policy.value(wm.encode(next_obs, task), task).squeeze(-1)
+            model_next_value = self.policy.value(wm.next(z, actions, task), task).squeeze(-1)
+            q_mb = wm.reward(z, actions, task).squeeze(-1) + self.gamma * model_next_value
+            rewards = flat(buf.rewards)
+            q_mf = rewards + self.gamma * (1.0 - flat(buf.terminated)) * next_value
+            eps, eps_norm = exploration_bonus(q_mb, q_mf, self.bonus_clip)
+        shape = buf.rewards.shape
+        to_np = lambda x: x.cpu().numpy().reshape(shape)  # noqa: E731
+        buf.next_values, buf.q_mb, buf.q_mf = to_np(next_value), to_np(q_mb), to_np(q_mf)
+        buf.bonus, buf.bonus_normalised = to_np(eps), to_np(eps_norm)
+        buf.compute_returns_and_advantage(th.zeros(self.n_envs), np.zeros(self.n_envs))
+        coef = self._bonus_coef_now()
+        buf.add_bonus(coef)
+        weights = np.exp(buf.log_probs - buf.behaviour_log_probs)
+        self.logger.record("train/bonus_mean", float(eps.mean()))
+        self.logger.record("train/bonus_normalised_mean", float(eps_norm.mean()))
+        self.logger.record("train/bonus_coef", coef)
+        self.logger.record("train/q_mb_mean", float(q_mb.mean()))
+        self.logger.record("train/q_mf_mean", float(q_mf.mean()))
+        self.logger.record("train/mppi_std", mppi_std)
+        self.logger.record("train/is_weight_mean", float(np.minimum(self.rho_bar, weights).mean()))
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> None:
+        """PPO epochs on the prior and value function, then world-model gradient steps."""
+        super().train()
+        self._train_world_model()
+
+    def _train_world_model(self) -> None:
+        if self.replay_buffer.size() < max(self.learning_starts, 1):
+            return
+        steps = self.wm_gradient_steps if self.wm_gradient_steps >= 0 else self.n_steps * self.n_envs
+        if steps == 0:
+            return
+        policy, wm = self.policy, self.policy.world_model
+        policy.set_training_mode(True)
+        params = [p for group in policy.wm_optimizer.param_groups for p in group["params"]]
+        totals = th.zeros(4, device=self.device)
+        vec_norm = self._vec_normalize_env
+        for _ in range(steps):
+            batch = self.replay_buffer.sample(self.wm_batch_size, self.horizon, vec_norm)
+            task = policy.task_ids(batch.observations)
+            with th.no_grad():
+                target_z = wm.encode(batch.next_observations, task)
+                next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
+                td_targets = batch.rewards + self.gamma * (1.0 - batch.terminated) * next_q
+            if not th.isfinite(td_targets).all():
+                raise RuntimeError(
+                    f"M3PO world-model loss became non-finite at timestep {self.num_timesteps}: the TD targets "
+                    "(reward + gamma * target Q) contain NaN/inf. Parameters were not updated with them; "
+                    "lower wm_learning_rate or check the rewards."
+                )
+            losses = wm.losses(
+                batch.observations,
+                batch.actions,
+                batch.rewards,
+                target_z,
+                td_targets,
+                task,
+                self.rho,
+                self.consistency_coef,
+                self.reward_coef,
+                self.value_coef,
+            )
+            if not th.isfinite(losses.total):
+                parts = {k: float(v) for k, v in losses._asdict().items()}
+                raise RuntimeError(
+                    f"M3PO world-model loss became non-finite at timestep {self.num_timesteps} "
+                    f"(update {self._n_updates}): {parts}. Parameters were not updated with it; "
+                    "lower wm_learning_rate or check the rewards and observations."
+                )
+            policy.wm_optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            grad_norm = th.nn.utils.clip_grad_norm_(params, self.wm_max_grad_norm)
+            policy.wm_optimizer.step()
+            wm.soft_update_target(self.tau)
+            totals += th.stack([losses.consistency.detach(), losses.reward.detach(), losses.value.detach(), grad_norm])
+        means = (totals / steps).tolist()
+        self.logger.record("train/wm_consistency_loss", means[0])
+        self.logger.record("train/wm_reward_loss", means[1])
+        self.logger.record("train/wm_value_loss", means[2])
+        self.logger.record("train/wm_grad_norm", means[3])
+        self.logger.record("train/wm_gradient_steps", steps)
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfM3PO],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfM3PO:
+        """
+        Load an M3PO model saved with :meth:`save`; see SB3's ``BaseAlgorithm.load``.
+
+        :raises ValueError: if the file is not a readable SB3 checkpoint, or was saved by another algorithm
+        """
+        try:
+            data, _, _ = load_from_zip_file(path, device="cpu", custom_objects=custom_objects, load_data=True)
+        except (zipfile.BadZipFile, EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
+            raise ValueError(f"Cannot load M3PO checkpoint {path!s}: it is corrupt or not an SB3 zip ({error})") from error
+        policy_class = (data or {}).get("policy_class")
+        if not (isinstance(policy_class, type) and issubclass(policy_class, M3POPolicy)):
+            raise ValueError(
+                f"Checkpoint {path!s} was not saved by M3PO (its policy class is {policy_class!r}); "
+                "load it with the algorithm that saved it"
+            )
+        if isinstance(path, io.BufferedIOBase):
+            path.seek(0)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
+    def learn(
+        self: SelfM3PO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "M3PO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfM3PO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

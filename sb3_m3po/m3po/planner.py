@@ -1,0 +1,196 @@
+"""MPPI planning in latent space, batched over environments and samples."""
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch as th
+
+from sb3_m3po.common.math import mppi_refit
+
+
+class LatentModel(Protocol):
+    """What the planner needs from a model (the world model + prior, or a toy model in tests)."""
+
+    def next(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None) -> th.Tensor: ...
+
+    def reward(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None) -> th.Tensor: ...
+
+    def terminal_value(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
+
+    def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """
+    MPPI settings.
+
+    :param horizon: planning horizon H
+    :param num_samples: action sequences per iteration (including the prior's)
+    :param num_elites: best sequences used for the refit
+    :param num_prior_trajectories: sequences proposed by the policy prior
+    :param iterations: MPPI refit iterations
+    :param temperature: multiplies the elite scores in the softmax
+    :param min_std: lower clamp of the sampling std
+    :param max_std: upper clamp (and initial value) of the sampling std
+    :param gamma: discount of the planning return
+    """
+
+    horizon: int = 3
+    num_samples: int = 128
+    num_elites: int = 16
+    num_prior_trajectories: int = 8
+    iterations: int = 4
+    temperature: float = 0.5
+    min_std: float = 0.05
+    max_std: float = 2.0
+    gamma: float = 0.99
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}"),
+            (self.num_samples >= 2, f"num_samples must be >= 2, got {self.num_samples}"),
+            (
+                1 <= self.num_elites <= self.num_samples,
+                f"num_elites must be in [1, num_samples={self.num_samples}], got {self.num_elites}",
+            ),
+            (
+                0 <= self.num_prior_trajectories < self.num_samples,
+                f"num_prior_trajectories must be in [0, num_samples={self.num_samples}), got {self.num_prior_trajectories}",
+            ),
+            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (
+                0 < self.min_std <= self.max_std,
+                f"need 0 < min_std <= max_std, got min_std={self.min_std}, max_std={self.max_std}",
+            ),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"Invalid planner setting: {message}")
+
+
+class PlanResult(NamedTuple):
+    action: th.Tensor  # (B, A) executed action (unclipped sample, or the mean when deterministic)
+    mean: th.Tensor  # (B, A) behaviour Gaussian mean of the first action
+    std: th.Tensor  # (B, A) behaviour Gaussian std of the first action
+    plan: th.Tensor  # (B, H, A) refitted mean sequence, for warm-starting the next step
+
+
+def shift_plan(plan: th.Tensor, reset: th.Tensor | None = None) -> th.Tensor:
+    """
+    Warm start: drop the executed first step, append zeros, and zero rows that start a new episode.
+
+    :param plan: ``(B, H, A)`` last refitted means
+    :param reset: optional ``(B,)`` bool, True where an episode starts
+    """
+    shifted = th.cat([plan[:, 1:], th.zeros_like(plan[:, :1])], dim=1)
+    if reset is not None:
+        shifted = shifted * (~reset).to(plan.dtype)[:, None, None]
+    return shifted
+
+
+def rollout_returns(
+    model: LatentModel,
+    z: th.Tensor,
+    actions: th.Tensor,
+    task: th.Tensor | None,
+    gamma: float,
+    generator: th.Generator | None = None,
+) -> th.Tensor:
+    """
+    ``sum_t gamma^t R(z_t, a_t) + gamma^H V(z_H)`` for every candidate.
+
+    :param z: ``(B, N, L)`` start latents, one copy per candidate
+    :param actions: ``(B, N, H, A)``
+    :return: ``(B, N)``
+    """
+    ret = z.new_zeros(z.shape[:-1])
+    discount = 1.0
+    task_n = None if task is None else task[:, None].expand(z.shape[:2])
+    for t in range(actions.shape[2]):
+        a = actions[:, :, t]
+        ret = ret + discount * model.reward(z, a, task_n).squeeze(-1)
+        z = model.next(z, a, task_n)
+        discount *= gamma
+    return ret + discount * model.terminal_value(z, task_n, generator).squeeze(-1)
+
+
+class MPPIPlanner:
+    """
+    Model-predictive path integral control guided by a policy prior.
+
+    All environments and samples are planned in one tensor program: the only Python
+    loops are over MPPI iterations and horizon steps.
+
+    :param config: the planner settings
+    """
+
+    def __init__(self, config: PlannerConfig) -> None:
+        self.config = config
+
+    def prior_trajectories(
+        self, model: LatentModel, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None
+    ) -> th.Tensor:
+        """Sequences proposed by rolling the prior through the model: ``(B, Np, H, A)``."""
+        cfg = self.config
+        zp = z[:, None].expand(-1, cfg.num_prior_trajectories, -1)
+        task_n = None if task is None else task[:, None].expand(zp.shape[:2])
+        steps = []
+        for _ in range(cfg.horizon):
+            a = model.prior_sample(zp, task_n, generator).clamp(-1.0, 1.0)
+            steps.append(a)
+            zp = model.next(zp, a, task_n)
+        return th.stack(steps, dim=2)
+
+    def plan(
+        self,
+        model: LatentModel,
+        z: th.Tensor,
+        init_plan: th.Tensor,
+        task: th.Tensor | None = None,
+        action_mask: th.Tensor | None = None,
+        deterministic: bool = False,
+        generator: th.Generator | None = None,
+    ) -> PlanResult:
+        """
+        Plan one action for each of the ``B`` latents.
+
+        :param model: the latent model
+        :param z: ``(B, L)`` current latents
+        :param init_plan: ``(B, H, A)`` warm-start mean (see :func:`shift_plan`)
+        :param task: optional ``(B,)`` task ids
+        :param action_mask: optional ``(B, A)`` 0/1 mask of the valid action dims
+        :param deterministic: return the mean first action instead of a sample
+        :param generator: RNG for all sampling (seeded per call for deterministic plans)
+        """
+        cfg = self.config
+        batch, horizon, act_dim = init_plan.shape
+        n_prior, n_gauss = cfg.num_prior_trajectories, cfg.num_samples - cfg.num_prior_trajectories
+        mask = None if action_mask is None else action_mask[:, None, None, :]
+        prior_actions = self.prior_trajectories(model, z, task, generator) if n_prior > 0 else None
+        if prior_actions is not None and mask is not None:
+            prior_actions = prior_actions * mask
+        z_n = z[:, None].expand(-1, cfg.num_samples, -1)
+        mean = init_plan
+        std = th.full_like(init_plan, cfg.max_std)
+        if action_mask is not None:
+            std = std * action_mask[:, None, :]
+        for _ in range(cfg.iterations):
+            noise = th.randn(batch, n_gauss, horizon, act_dim, generator=generator, device=z.device, dtype=z.dtype)
+            actions = (mean[:, None] + std[:, None] * noise).clamp(-1.0, 1.0)
+            if mask is not None:
+                actions = actions * mask
+            if prior_actions is not None:
+                actions = th.cat([prior_actions, actions], dim=1)
+            values = rollout_returns(model, z_n, actions, task, cfg.gamma, generator)
+            refit = mppi_refit(actions, values, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std, action_mask)
+            mean, std = refit.mean, refit.std
+        first_mean, first_std = mean[:, 0], std[:, 0]
+        if deterministic:
+            action = first_mean
+        else:
+            noise = th.randn(batch, act_dim, generator=generator, device=z.device, dtype=z.dtype)
+            action = first_mean + first_std * noise
+        return PlanResult(action, first_mean, first_std, mean)

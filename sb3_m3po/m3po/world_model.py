@@ -1,0 +1,176 @@
+"""Implicit (decoder-free) world model: encoder, latent dynamics, reward and Q ensemble."""
+
+import copy
+from typing import NamedTuple
+
+import torch as th
+from torch import nn
+
+from sb3_m3po.common.layers import EnsembleMLP, SimNorm, mlp
+from sb3_m3po.common.math import soft_ce, two_hot_inv
+
+
+class WorldModelLosses(NamedTuple):
+    total: th.Tensor
+    consistency: th.Tensor
+    reward: th.Tensor
+    value: th.Tensor
+
+
+class WorldModel(nn.Module):
+    """
+    TD-MPC2-style implicit world model with an optional learned task embedding.
+
+    Every component sees ``concat(input, e)`` where ``e = task_embedding(task_id)``
+    (max-norm 1) when ``num_tasks > 1``; with a single task no embedding is used.
+
+    :param obs_dim: flat observation size
+    :param action_dim: action size (actions live in ``[-1, 1]``)
+    :param latent_dim: latent size, a multiple of ``simnorm_dim``
+    :param enc_dim: encoder hidden width
+    :param mlp_dim: hidden width of dynamics, reward and Q networks
+    :param num_q: Q ensemble size
+    :param num_bins: bins of the two-hot reward and Q heads
+    :param vmin: lowest bin (symlog space)
+    :param vmax: highest bin (symlog space)
+    :param simnorm_dim: SimNorm group size
+    :param num_tasks: number of tasks (1 disables the task embedding)
+    :param task_dim: task embedding size
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        latent_dim: int = 64,
+        enc_dim: int = 128,
+        mlp_dim: int = 256,
+        num_q: int = 5,
+        num_bins: int = 101,
+        vmin: float = -10.0,
+        vmax: float = 10.0,
+        simnorm_dim: int = 8,
+        num_tasks: int = 1,
+        task_dim: int = 16,
+    ) -> None:
+        super().__init__()
+        assert latent_dim % simnorm_dim == 0, f"latent_dim={latent_dim} must be a multiple of simnorm_dim={simnorm_dim}"
+        assert num_q >= 2, f"num_q={num_q}: the TD target takes the min of 2 Q heads, so num_q must be >= 2"
+        self.obs_dim, self.action_dim, self.latent_dim = obs_dim, action_dim, latent_dim
+        self.num_q, self.num_bins, self.vmin, self.vmax = num_q, num_bins, vmin, vmax
+        self.num_tasks = num_tasks
+        self.task_dim = task_dim if num_tasks > 1 else 0
+        self.task_embedding = nn.Embedding(num_tasks, task_dim, max_norm=1.0) if num_tasks > 1 else None
+        t = self.task_dim
+        self.encoder = mlp(obs_dim + t, [enc_dim], latent_dim, SimNorm(simnorm_dim))
+        self.dynamics = mlp(latent_dim + action_dim + t, [mlp_dim, mlp_dim], latent_dim, SimNorm(simnorm_dim))
+        self.reward_head = mlp(latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
+        self.q_ensemble = EnsembleMLP(num_q, latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
+        # Zero-init output layers so initial reward/Q predictions are 0 (as in TD-MPC2)
+        nn.init.zeros_(self.reward_head[-1].weight)
+        nn.init.zeros_(self.reward_head[-1].bias)
+        nn.init.zeros_(self.q_ensemble.head.weight)
+        nn.init.zeros_(self.q_ensemble.head.bias)
+        self.target_q_ensemble = copy.deepcopy(self.q_ensemble).requires_grad_(False)
+
+    def with_task(self, x: th.Tensor, task: th.Tensor | None) -> th.Tensor:
+        """Concatenate the task embedding to ``x`` (broadcast over the leading dims of ``x``)."""
+        if self.task_embedding is None:
+            return x
+        assert task is not None, "a multi-task world model needs task ids"
+        emb = self.task_embedding(task)
+        while emb.dim() < x.dim():
+            emb = emb.unsqueeze(-2)
+        return th.cat([x, emb.expand(*x.shape[:-1], emb.shape[-1])], dim=-1)
+
+    def encode(self, obs: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        return self.encoder(self.with_task(obs, task))
+
+    def next(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        return self.dynamics(self.with_task(th.cat([z, action], -1), task))
+
+    def reward_logits(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        return self.reward_head(self.with_task(th.cat([z, action], -1), task))
+
+    def reward(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        """Predicted reward, shape ``(..., 1)``."""
+        return two_hot_inv(self.reward_logits(z, action, task), self.vmin, self.vmax)
+
+    def q_logits(
+        self,
+        z: th.Tensor,
+        action: th.Tensor,
+        task: th.Tensor | None = None,
+        target: bool = False,
+        members: th.Tensor | None = None,
+    ) -> th.Tensor:
+        """Logits of the Q heads, ``(num_members, ..., num_bins)``."""
+        net = self.target_q_ensemble if target else self.q_ensemble
+        return net(self.with_task(th.cat([z, action], -1), task), members)
+
+    def q_value(
+        self,
+        z: th.Tensor,
+        action: th.Tensor,
+        task: th.Tensor | None = None,
+        target: bool = False,
+        reduce: str = "avg",
+        generator: th.Generator | None = None,
+    ) -> th.Tensor:
+        """
+        Scalar Q from two random heads of the ensemble, combined by ``avg`` or ``min``.
+
+        :return: shape ``(..., 1)``
+        """
+        members = th.randperm(self.num_q, generator=generator, device="cpu")[:2].to(z.device)
+        q = two_hot_inv(self.q_logits(z, action, task, target, members), self.vmin, self.vmax)
+        return q.min(0).values if reduce == "min" else q.mean(0)
+
+    @th.no_grad()
+    def soft_update_target(self, tau: float) -> None:
+        """Polyak-average the online Q ensemble into the target ensemble."""
+        for p, tp in zip(self.q_ensemble.parameters(), self.target_q_ensemble.parameters()):
+            tp.lerp_(p, tau)
+
+    def losses(
+        self,
+        obs: th.Tensor,
+        actions: th.Tensor,
+        rewards: th.Tensor,
+        target_z: th.Tensor,
+        td_targets: th.Tensor,
+        task: th.Tensor | None,
+        rho: float,
+        consistency_coef: float,
+        reward_coef: float,
+        value_coef: float,
+    ) -> WorldModelLosses:
+        """
+        Multi-step latent consistency, reward and Q losses on ``H``-step subsequences.
+
+        The stop-gradient sits on the *target* encodings of the real next observations;
+        the predicted latents keep their gradient through the dynamics and encoder.
+
+        :param obs: ``(B, obs_dim)`` first observation
+        :param actions: ``(H, B, A)``
+        :param rewards: ``(H, B, 1)``
+        :param target_z: ``(H, B, L)`` encodings of the real next observations (no gradient)
+        :param td_targets: ``(H, B, 1)`` precomputed (no gradient) TD targets
+        """
+        horizon = actions.shape[0]
+        z = self.encode(obs, task)
+        latents = [z]
+        consistency = obs.new_zeros(())
+        for t in range(horizon):
+            z = self.next(z, actions[t], task)
+            consistency = consistency + rho**t * ((z - target_z[t]) ** 2).mean()
+            latents.append(z)
+        zs = th.stack(latents[:-1])  # (H, B, L): latents the actions were taken from
+        weights = rho ** th.arange(horizon, device=obs.device, dtype=obs.dtype).view(horizon, 1, 1)
+        reward_loss = (soft_ce(self.reward_logits(zs, actions, task), rewards, self.vmin, self.vmax) * weights).mean()
+        q_logits = self.q_logits(zs, actions, task)  # (K, H, B, bins)
+        q_ce = soft_ce(q_logits, td_targets.unsqueeze(0).expand(self.num_q, -1, -1, -1), self.vmin, self.vmax)
+        value_loss = (q_ce * weights.unsqueeze(0)).mean()
+        consistency = consistency / horizon
+        total = consistency_coef * consistency + reward_coef * reward_loss + value_coef * value_loss
+        return WorldModelLosses(total, consistency, reward_loss, value_loss)

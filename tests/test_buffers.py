@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer
+
+
+def _fill(buffer, n_steps, n_envs, rng, done_prob=0.1):
+    """Observations encode (episode counter, step) so samples can be checked."""
+    episode = np.arange(n_envs) * 1000
+    step = np.zeros(n_envs)
+    for _ in range(n_steps):
+        done = rng.random(n_envs) < done_prob
+        obs = np.stack([episode, step], 1)
+        buffer.add(obs, obs + [0, 1], rng.uniform(-1, 1, (n_envs, 1)), rng.normal(size=n_envs), done * 0.0, done)
+        step = np.where(done, 0, step + 1)
+        episode = np.where(done, episode + 1, episode)
+
+
+@pytest.mark.parametrize("capacity", [10_000, 300])  # 300: the circular buffer wraps
+def test_replay_subsequences_never_cross_episodes(capacity):
+    rng = np.random.default_rng(0)
+    buffer = EpisodicReplayBuffer(capacity, obs_dim=2, action_dim=1, n_envs=3)
+    _fill(buffer, 400, 3, rng)
+    np.random.seed(0)
+    batch = buffer.sample(512, horizon=4)
+    assert batch.observations.shape == (512, 2)
+    assert batch.actions.shape == (4, 512, 1) and batch.rewards.shape == (4, 512, 1)
+    assert batch.next_observations.shape == (4, 512, 2)
+    seq = th.cat([batch.observations[None], batch.next_observations], 0)  # (5, B, 2)
+    # same episode everywhere and consecutive steps
+    assert (seq[:, :, 0] == seq[:1, :, 0]).all()
+    assert (seq[1:, :, 1] - seq[:-1, :, 1] == 1).all()
+
+
+def test_replay_refuses_when_episodes_are_shorter_than_horizon():
+    rng = np.random.default_rng(0)
+    buffer = EpisodicReplayBuffer(1000, 2, 1, 1)
+    _fill(buffer, 50, 1, rng, done_prob=1.0)  # every episode lasts one step
+    with pytest.raises(ValueError, match="horizon"):
+        buffer.sample(8, horizon=3)
+
+
+def test_rollout_buffer_stores_behaviour_log_prob_and_yields_all_samples():
+    n_steps, n_envs = 8, 2
+    buf = M3PORolloutBuffer(n_steps, spaces.Box(-np.inf, np.inf, (3,)), spaces.Box(-1, 1, (2,)), n_envs=n_envs)
+    for t in range(n_steps):
+        buf.add_transition(
+            np.full((n_envs, 3), t, dtype=np.float32),
+            np.zeros((n_envs, 2)),
+            np.ones(n_envs),
+            np.zeros(n_envs),
+            th.zeros(n_envs),
+            th.zeros(n_envs),
+            th.full((n_envs,), -1.0),
+            np.full((n_envs, 3), t + 1.0),
+            np.zeros(n_envs),
+            np.zeros(n_envs),
+        )
+    buf.next_values = np.zeros((n_steps, n_envs), dtype=np.float32)
+    buf.compute_returns_and_advantage(th.zeros(n_envs), np.zeros(n_envs))
+    # log pi - log mu = +1 -> weights truncated at rho_bar = 1: the last step's return is its reward
+    assert np.allclose(buf.returns[-1], 1.0)
+    samples = list(buf.get(batch_size=5))
+    assert sum(len(s.observations) for s in samples) == n_steps * n_envs
+    assert all((s.behaviour_log_prob == -1.0).all() for s in samples)

@@ -1,0 +1,119 @@
+"""Bad input gets a clear error that names the problem; nothing is silently trained on."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import PPO
+
+from sb3_m3po import M3PO
+
+
+class CorruptingEnv(gym.Wrapper):
+    """Pendulum that returns a NaN observation or reward at a given step."""
+
+    def __init__(self, what: str, at: int = 5):
+        super().__init__(gym.make("Pendulum-v1"))
+        self.what, self.at, self.t = what, at, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        if self.t == self.at:
+            if self.what == "obs":
+                obs = obs * np.nan
+            else:
+                reward = float("inf")
+        return obs, reward, terminated, truncated, info
+
+
+def test_discrete_action_space_is_refused(tiny):
+    with pytest.raises((ValueError, AssertionError), match="Box"):
+        M3PO("MlpPolicy", "CartPole-v1", **tiny)
+
+
+def test_unbounded_action_space_is_refused(tiny):
+    class Unbounded(gym.Wrapper):
+        def __init__(self):
+            super().__init__(gym.make("Pendulum-v1"))
+            self.action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+
+    with pytest.raises((ValueError, AssertionError), match="finite lower and upper bound"):
+        M3PO("MlpPolicy", Unbounded(), **tiny)
+
+
+def test_image_observations_are_refused(tiny):
+    class ImageEnv(gym.Wrapper):
+        def __init__(self):
+            super().__init__(gym.make("Pendulum-v1"))
+            self.observation_space = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+
+    with pytest.raises(ValueError, match="image"):
+        M3PO("MlpPolicy", ImageEnv(), **tiny)
+
+
+@pytest.mark.parametrize("what, match", [("obs", "non-finite .*observation"), ("reward", "non-finite .*reward")])
+def test_nan_observation_or_reward_raises_before_storage(tiny, what, match):
+    model = M3PO("MlpPolicy", CorruptingEnv(what, at=5), **tiny)
+    with pytest.raises(ValueError, match=match):
+        model.learn(64)
+    assert model.replay_buffer.size() == 4, "the corrupt transition must not reach the replay buffer"
+
+
+def test_diverging_world_model_raises_before_updating(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    model.learn(32)
+    with th.no_grad():
+        # the target Q is used only by the TD targets, so acting stays finite and the loss diverges
+        model.policy.world_model.target_q_ensemble.head.weight.fill_(float("inf"))
+    before = model.policy.world_model.dynamics[0].weight.clone()
+    with pytest.raises(RuntimeError, match="world-model loss became non-finite"):
+        model.learn(32, reset_num_timesteps=False)
+    assert th.equal(before, model.policy.world_model.dynamics[0].weight)
+
+
+def test_nan_planned_action_raises(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    with th.no_grad():
+        model.policy.world_model.encoder[0].weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite .*planned action"):
+        model.learn(32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_elites": 64, "num_samples": 16}, "num_elites"),
+        ({"horizon": 0}, "horizon"),
+        ({"wm_batch_size": 0}, "wm_batch_size"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"tau": 0.0}, "tau"),
+        ({"bonus_coef": -1.0}, "bonus_coef"),
+        ({"bonus_anneal_fraction": 0.0}, "bonus_anneal_fraction"),
+        ({"policy_kwargs": {"model_size": "huge"}}, "model_size"),
+        ({"policy_kwargs": {"latent_dim": 30}}, "latent_dim"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_parameter(tiny, kwargs, name):
+    params = {**tiny, **kwargs}
+    with pytest.raises((ValueError, AssertionError), match=name):
+        M3PO("MlpPolicy", "Pendulum-v1", **params)
+
+
+def test_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "broken.zip"
+    path.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="broken.zip.*corrupt"):
+        M3PO.load(path)
+
+
+def test_foreign_checkpoint(tmp_path):
+    PPO("MlpPolicy", "Pendulum-v1", n_steps=64).save(tmp_path / "ppo")
+    with pytest.raises(ValueError, match="not saved by M3PO"):
+        M3PO.load(tmp_path / "ppo.zip")
+
+
+def test_predict_refuses_nan_observation(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.predict(np.array([np.nan, 0.0, 0.0], dtype=np.float32))

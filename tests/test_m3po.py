@@ -1,0 +1,139 @@
+"""SB3 API contract: learn, predict, save/load, seeding, VecNormalize, Dict obs, callbacks, real envs."""
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from sb3_m3po import M3PO
+from sb3_m3po.common.envs import make_env
+
+
+def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    assert isinstance(model, OnPolicyAlgorithm)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(128)
+    assert model.num_timesteps == 128
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    for key in [
+        "wm_consistency_loss",
+        "wm_reward_loss",
+        "wm_value_loss",
+        "bonus_mean",
+        "bonus_coef",
+        "q_mb_mean",
+        "q_mf_mean",
+        "approx_kl",
+        "clip_fraction",
+        "mppi_std",
+    ]:
+        assert f"train/{key}" in header, key
+
+
+def test_learn_with_env_id_string_and_progress_bar(tiny):
+    M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, progress_bar=True)
+
+
+def test_dm_control_dict_observations_multi_input_policy(tiny):
+    import shimmy  # noqa: F401
+
+    env = gym.make("dm_control/cartpole-swingup-v0")
+    assert isinstance(env.observation_space, gym.spaces.Dict)
+    model = M3PO("MultiInputPolicy", env, seed=0, **tiny)
+    model.learn(96)
+    obs, _ = env.reset(seed=0)
+    action, state = model.predict(obs, deterministic=True)
+    assert action.shape == env.action_space.shape and state[0].shape == (1, 3 * 1)
+
+
+def test_dm_control_flattened_with_action_repeat(tiny):
+    model = M3PO("MlpPolicy", make_env("dm_control/cartpole-swingup-v0", action_repeat=2), **tiny)
+    model.learn(96)
+
+
+def test_metaworld_mt1_reach(tiny):
+    env = make_env("metaworld/reach-v3", seed=0)
+    model = M3PO("MlpPolicy", env, seed=0, **tiny)
+    model.learn(96)
+    assert model.replay_buffer.size() == 96
+
+
+def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=1, **tiny)
+    model.learn(96)
+    obs = model.env.reset()
+    actions, state = model.predict(obs, deterministic=True)
+    actions2, _ = model.predict(obs, state=state, episode_start=np.zeros(1, dtype=bool), deterministic=True)
+    model.save(tmp_path / "m3po")
+    loaded = M3PO.load(tmp_path / "m3po", env=model.env)
+    a_loaded, s_loaded = loaded.predict(obs, deterministic=True)
+    a2_loaded, _ = loaded.predict(obs, state=s_loaded, episode_start=np.zeros(1, dtype=bool), deterministic=True)
+    assert np.array_equal(actions, a_loaded) and np.array_equal(actions2, a2_loaded)
+    # everything trainable came back: world model, target Q, prior, value and both optimizers
+    for (name, p), (_, q) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert th.equal(p, q), name
+    assert "target_q_ensemble.head.weight" in "".join(model.policy.state_dict())
+    assert loaded.policy.wm_optimizer.state_dict()["state"], "world-model optimizer state was not restored"
+    assert loaded.num_samples == model.num_samples and loaded.horizon == model.horizon
+    loaded.learn(32, reset_num_timesteps=False)
+
+
+def test_seeded_runs_are_reproducible(tiny):
+    def run():
+        model = M3PO("MlpPolicy", "Pendulum-v1", seed=3, **tiny)
+        model.learn(96)
+        return th.cat([p.flatten() for p in model.policy.parameters()])
+
+    assert th.equal(run(), run())
+
+
+def test_vecnormalize_and_set_env(tiny):
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    model = M3PO("MlpPolicy", env, **tiny)
+    model.learn(128)
+    model.set_env(VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=1)))
+    model.learn(64, reset_num_timesteps=False)
+    params = model.get_parameters()
+    assert {"policy", "policy.optimizer", "policy.wm_optimizer"} <= set(params)
+
+
+def test_callback_stops_training(tiny):
+    class StopAfter(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.num_timesteps < 40
+
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    model.learn(10_000, callback=StopAfter())
+    assert model.num_timesteps == 40
+
+
+def test_eval_callback_uses_warm_started_planner(tiny, tmp_path):
+    eval_env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
+    cb = EvalCallback(eval_env, eval_freq=64, n_eval_episodes=1, log_path=str(tmp_path))
+    M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, callback=cb)
+    assert (tmp_path / "evaluations.npz").exists()
+
+
+def test_planner_off_acts_with_the_prior(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", use_planner=False, **tiny)
+    model.learn(64)
+    # behaviour == prior, so every importance weight is exactly one
+    assert np.allclose(model.rollout_buffer.log_probs, model.rollout_buffer.behaviour_log_probs)
+    obs = model.env.reset()
+    with th.no_grad():
+        mean = model.policy.prior_mean(model.policy.encode(th.as_tensor(obs)))
+    action, _ = model.predict(obs, deterministic=True)
+    assert np.allclose(action, model.policy.unscale_action(np.clip(mean.numpy(), -1, 1)), atol=1e-6)
+
+
+def test_trained_model_evaluates(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64)
+    mean, _ = evaluate_policy(model, model.env, n_eval_episodes=1)
+    assert np.isfinite(mean)
