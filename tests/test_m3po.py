@@ -137,3 +137,27 @@ def test_trained_model_evaluates(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64)
     mean, _ = evaluate_policy(model, model.env, n_eval_episodes=1)
     assert np.isfinite(mean)
+
+
+def test_q_guidance_moves_only_the_prior_mean_uphill(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    model.learn(96)
+    policy, wm = model.policy, model.policy.world_model
+    batch = model.replay_buffer.sample(32, model.horizon)
+    with th.no_grad():
+        latents = wm.encode(batch.next_observations)
+        # make Q depend on the action so there is a direction to climb
+        wm.q_ensemble.head.weight.normal_()
+    q_before = [p.clone() for p in wm.q_ensemble.parameters()]
+    value_before = [p.clone() for p in policy.value_net.parameters()]
+
+    def q_of_prior():
+        with th.no_grad():
+            return wm.q_value(latents, policy.prior_mean(latents)).mean().item()  # num_q=2: both heads
+
+    start = q_of_prior()
+    for _ in range(20):
+        model._q_guide_prior(latents, None)
+    assert q_of_prior() > start
+    assert all(th.equal(a, b) for a, b in zip(q_before, wm.q_ensemble.parameters()))
+    assert all(th.equal(a, b) for a, b in zip(value_before, policy.value_net.parameters()))

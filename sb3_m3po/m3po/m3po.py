@@ -73,6 +73,8 @@ class M3PO(PPO):
     :param value_coef: Q loss weight
     :param wm_max_grad_norm: gradient clip of the world model
     :param tau: Polyak coefficient of the target Q ensemble
+    :param prior_q_coef: weight of the Q-guidance step on the prior mean after each world-model step
+        (``-Q(z, mu(z)) / scale`` on replayed latents, as TD-MPC2's policy loss); 0 leaves the prior to PPO alone
     :param bonus_coef: initial exploration-bonus coefficient alpha
     :param bonus_clip: upper clip of the z-scored bonus
     :param bonus_anneal_fraction: fraction of training over which alpha decays linearly to 0
@@ -116,12 +118,12 @@ class M3PO(PPO):
         num_samples: int = 128,
         num_elites: int = 16,
         num_prior_trajectories: int = 8,
-        mppi_iterations: int = 4,
+        mppi_iterations: int = 3,
         temperature: float = 0.5,
         min_std: float = 0.05,
         max_std: float = 2.0,
         wm_learning_rate: float = 3e-4,
-        wm_batch_size: int = 256,
+        wm_batch_size: int = 128,
         wm_gradient_steps: int = -1,
         learning_starts: int = 1000,
         buffer_size: int = 1_000_000,
@@ -131,6 +133,7 @@ class M3PO(PPO):
         value_coef: float = 0.1,
         wm_max_grad_norm: float = 20.0,
         tau: float = 0.01,
+        prior_q_coef: float = 1.0,
         bonus_coef: float = 0.1,
         bonus_clip: float = 3.0,
         bonus_anneal_fraction: float = 0.5,
@@ -188,6 +191,8 @@ class M3PO(PPO):
         self.value_coef = value_coef
         self.wm_max_grad_norm = wm_max_grad_norm
         self.tau = tau
+        self.prior_q_coef = prior_q_coef
+        self._q_scale = 1.0
         self.bonus_coef = bonus_coef
         self.bonus_clip = bonus_clip
         self.bonus_anneal_fraction = bonus_anneal_fraction
@@ -215,7 +220,7 @@ class M3PO(PPO):
         require(self.learning_starts >= 0, "learning_starts", ">= 0")
         require(self.buffer_size >= 1, "buffer_size", "an integer >= 1")
         require(0 < self.rho <= 1, "rho", "a value in (0, 1]")
-        for name in ["consistency_coef", "reward_coef", "value_coef", "bonus_coef", "bonus_clip"]:
+        for name in ["consistency_coef", "reward_coef", "value_coef", "bonus_coef", "bonus_clip", "prior_q_coef"]:
             require(getattr(self, name) >= 0, name, "a value >= 0")
         require(self.wm_max_grad_norm > 0, "wm_max_grad_norm", "a value > 0")
         require(self.wm_learning_rate > 0, "wm_learning_rate", "a value > 0")
@@ -474,6 +479,8 @@ class M3PO(PPO):
             grad_norm = th.nn.utils.clip_grad_norm_(params, self.wm_max_grad_norm)
             policy.wm_optimizer.step()
             wm.soft_update_target(self.tau)
+            if self.prior_q_coef > 0:
+                self._q_guide_prior(losses.latents.detach(), task)
             totals += th.stack([losses.consistency.detach(), losses.reward.detach(), losses.value.detach(), grad_norm])
         means = (totals / steps).tolist()
         self.logger.record("train/wm_consistency_loss", means[0])
@@ -481,6 +488,7 @@ class M3PO(PPO):
         self.logger.record("train/wm_value_loss", means[2])
         self.logger.record("train/wm_grad_norm", means[3])
         self.logger.record("train/wm_gradient_steps", steps)
+        self.logger.record("train/q_scale", self._q_scale)
 
     @classmethod
     def load(  # type: ignore[override]
@@ -511,6 +519,30 @@ class M3PO(PPO):
         if isinstance(path, io.BufferedIOBase):
             path.seek(0)
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
+    def _q_guide_prior(self, latents: th.Tensor, task: th.Tensor | None) -> None:
+        """
+        One step pushing the prior mean towards higher Q on replayed latents.
+
+        PPO alone improves the prior slowly from planner data (importance weights are small
+        when MPPI's distribution is narrow), and the planner's terminal value and TD targets
+        use the prior's action, so a prior that lags the planner caps both. Q is scaled by a
+        running mean of ``|Q|`` so the step size does not depend on the reward scale.
+        """
+        policy, wm = self.policy, self.policy.world_model
+        wm.q_ensemble.requires_grad_(False)
+        try:
+            q = wm.q_value(latents, policy.prior_mean(latents, task), task)  # (H, B, 1)
+        finally:
+            wm.q_ensemble.requires_grad_(True)
+        self._q_scale = 0.99 * self._q_scale + 0.01 * float(q.detach().abs().mean())
+        horizon = latents.shape[0]
+        weights = self.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
+        loss = -self.prior_q_coef * (q * weights).mean() / max(self._q_scale, 1.0)
+        policy.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(policy.actor.parameters(), self.max_grad_norm)
+        policy.optimizer.step()
 
     def learn(
         self: SelfM3PO,

@@ -15,6 +15,7 @@ class WorldModelLosses(NamedTuple):
     consistency: th.Tensor
     reward: th.Tensor
     value: th.Tensor
+    latents: th.Tensor  # (H, B, L) latents the actions were taken from (with gradient)
 
 
 class WorldModel(nn.Module):
@@ -173,4 +174,4 @@ class WorldModel(nn.Module):
         value_loss = (q_ce * weights.unsqueeze(0)).mean()
         consistency = consistency / horizon
         total = consistency_coef * consistency + reward_coef * reward_loss + value_coef * value_loss
-        return WorldModelLosses(total, consistency, reward_loss, value_loss)
+        return WorldModelLosses(total, consistency, reward_loss, value_loss, zs)
