@@ -155,7 +155,8 @@ def summarize(out_dir: str) -> None:
         "",
         f"Machine: {runs[0]['machine']}.",
         "",
-        "| task | algo | seed | final return | best return | first step at goal | train wall-clock (s) | total incl. eval (s) |",
+        "| task | algo | seed | final return | best return | first step at goal | train wall-clock (s) "
+        "| total incl. eval (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     csv = ["task,algo,seed,final_return,best_return,first_step_at_goal,wall_seconds_train,wall_seconds_total"]
