@@ -210,7 +210,9 @@ class M3POPolicy(BasePolicy):
 
     # --- prior and value
     def prior_mean(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        return self.actor(self.world_model.with_task(z.detach(), task))
+        # tanh keeps the mean inside the action bounds: the planner's terminal value and the TD
+        # targets evaluate Q at this action, and Q is only trained on executed (in-bounds) actions
+        return th.tanh(self.actor(self.world_model.with_task(z.detach(), task)))
 
     def prior_distribution(self, z: th.Tensor, task: th.Tensor | None = None) -> Normal:
         mean = self.prior_mean(z, task)
