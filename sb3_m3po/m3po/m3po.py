@@ -17,7 +17,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer
+from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.math import exploration_bonus
 from sb3_m3po.common.utils import flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
@@ -445,16 +445,7 @@ class M3PO(PPO):
         for _ in range(steps):
             batch = self.replay_buffer.sample(self.wm_batch_size, self.horizon, vec_norm)
             task = policy.task_ids(batch.observations)
-            with th.no_grad():
-                target_z = wm.encode(batch.next_observations, task)
-                next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
-                td_targets = batch.rewards + self.gamma * (1.0 - batch.terminated) * next_q
-            if not th.isfinite(td_targets).all():
-                raise RuntimeError(
-                    f"M3PO world-model loss became non-finite at timestep {self.num_timesteps}: the TD targets "
-                    "(reward + gamma * target Q) contain NaN/inf. Parameters were not updated with them; "
-                    "lower wm_learning_rate or check the rewards."
-                )
+            target_z, td_targets = self._world_model_targets(batch, task)
             losses = wm.losses(
                 batch.observations,
                 batch.actions,
@@ -468,7 +459,7 @@ class M3PO(PPO):
                 self.value_coef,
             )
             if not th.isfinite(losses.total):
-                parts = {k: float(v) for k, v in losses._asdict().items()}
+                parts = {k: float(v) for k, v in losses._asdict().items() if k != "latents"}
                 raise RuntimeError(
                     f"M3PO world-model loss became non-finite at timestep {self.num_timesteps} "
                     f"(update {self._n_updates}): {parts}. Parameters were not updated with it; "
@@ -519,6 +510,28 @@ class M3PO(PPO):
         if isinstance(path, io.BufferedIOBase):
             path.seek(0)
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
+    @th.no_grad()
+    def _world_model_targets(self, batch: ReplaySamples, task: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
+        """
+        Consistency targets ``sg(h(s_{t+1}))`` and TD targets ``r + gamma (1 - term) min Q_target(z', mu(z'))``.
+
+        Both carry no gradient: the stop-gradient is on the target side of the consistency
+        loss, so the encoder learns only through the predicted (online) latents.
+
+        :raises RuntimeError: if the TD targets are not finite
+        """
+        policy, wm = self.policy, self.policy.world_model
+        target_z = wm.encode(batch.next_observations, task)
+        next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
+        td_targets = batch.rewards + self.gamma * (1.0 - batch.terminated) * next_q
+        if not th.isfinite(td_targets).all():
+            raise RuntimeError(
+                f"M3PO world-model loss became non-finite at timestep {self.num_timesteps}: the TD targets "
+                "(reward + gamma * target Q) contain NaN/inf. Parameters were not updated with them; "
+                "lower wm_learning_rate or check the rewards."
+            )
+        return target_z, td_targets
 
     def _q_guide_prior(self, latents: th.Tensor, task: th.Tensor | None) -> None:
         """
