@@ -7,6 +7,7 @@ import torch as th
 from stable_baselines3 import PPO
 
 from sb3_m3po import M3PO
+from sb3_m3po.common.utils import NonFiniteError
 
 
 class CorruptingEnv(gym.Wrapper):
@@ -55,7 +56,7 @@ def test_image_observations_are_refused(tiny):
 @pytest.mark.parametrize("what, match", [("obs", "non-finite .*observation"), ("reward", "non-finite .*reward")])
 def test_nan_observation_or_reward_raises_before_storage(tiny, what, match):
     model = M3PO("MlpPolicy", CorruptingEnv(what, at=5), **tiny)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(NonFiniteError, match=match):
         model.learn(64)
     assert model.replay_buffer.size() == 4, "the corrupt transition must not reach the replay buffer"
 
@@ -67,7 +68,7 @@ def test_diverging_world_model_raises_before_updating(tiny):
         # the target Q is used only by the TD targets, so acting stays finite and the loss diverges
         model.policy.world_model.target_q_ensemble.head.weight.fill_(float("inf"))
     before = model.policy.world_model.dynamics[0].weight.clone()
-    with pytest.raises(RuntimeError, match="world-model loss became non-finite"):
+    with pytest.raises(NonFiniteError, match="world-model loss became non-finite"):
         model.learn(32, reset_num_timesteps=False)
     assert th.equal(before, model.policy.world_model.dynamics[0].weight)
 
@@ -76,7 +77,7 @@ def test_nan_planned_action_raises(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
     with th.no_grad():
         model.policy.world_model.encoder[0].weight.fill_(float("nan"))
-    with pytest.raises(ValueError, match="non-finite .*planned action"):
+    with pytest.raises(NonFiniteError, match="non-finite .*planned action"):
         model.learn(32)
 
 
@@ -115,5 +116,5 @@ def test_foreign_checkpoint(tmp_path):
 
 def test_predict_refuses_nan_observation(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         model.predict(np.array([np.nan, 0.0, 0.0], dtype=np.float32))

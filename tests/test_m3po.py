@@ -83,6 +83,8 @@ def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     assert loaded.policy.wm_optimizer.state_dict()["state"], "world-model optimizer state was not restored"
     assert loaded.num_samples == model.num_samples and loaded.horizon == model.horizon
     loaded.learn(32, reset_num_timesteps=False)
+    without_env = M3PO.load(tmp_path / "m3po")
+    assert np.array_equal(without_env.predict(obs, deterministic=True)[0], a_loaded)
 
 
 def test_seeded_runs_are_reproducible(tiny):

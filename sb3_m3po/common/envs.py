@@ -40,6 +40,47 @@ class SuccessInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class DMCWrapper(gym.Wrapper):
+    """
+    DMControl through shimmy made SB3-friendly: flat float32 observations and action repeat.
+
+    One class so that an rl-zoo3 ``env_wrapper`` entry can name it with its kwargs.
+
+    :param env: a ``dm_control/...`` env made by shimmy (Dict observations)
+    :param action_repeat: simulator steps per decision
+    """
+
+    def __init__(self, env: gym.Env, action_repeat: int = 2) -> None:
+        env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+        if action_repeat > 1:
+            env = ActionRepeat(env, action_repeat)
+        super().__init__(env)
+
+
+def make_metaworld(task: str, seed: int | None = None, **kwargs: Any) -> gym.Env:
+    """Meta-World MT1 task (v3) with float32 observations and ``info["is_success"]``."""
+    import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+    env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
+    return gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
+
+
+def register_envs() -> None:
+    """
+    Register ``metaworld/<task>-v3`` for the 50 Meta-World v3 tasks (MT1) and import shimmy's ``dm_control/...`` ids.
+
+    Safe to call more than once.
+    """
+    import shimmy  # noqa: F401  (registers the dm_control ids)
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    for task in ALL_V3_ENVIRONMENTS:
+        env_id = f"metaworld/{task}"
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="sb3_m3po.common.envs:make_metaworld", kwargs={"task": task})
+
+
 def make_env(env_id: str, action_repeat: int = 1, seed: int | None = None, **kwargs: Any) -> gym.Env:
     """
     Build one env from an id: ``dm_control/<domain>-<task>-v0``, ``metaworld/<task>-v3``
@@ -50,21 +91,14 @@ def make_env(env_id: str, action_repeat: int = 1, seed: int | None = None, **kwa
 
     :param env_id: the env id
     :param action_repeat: simulator steps per agent decision
-    :param seed: seed for Meta-World task sampling
+    :param seed: seed of Meta-World's task sampling
     """
     if env_id.startswith("dm_control/"):
-        import shimmy  # noqa: F401  (registers the dm_control ids)
-
-        env: gym.Env = gym.make(env_id, **kwargs)
-        env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.DtypeObservation(env, np.float32)
-    elif env_id.lower().startswith("metaworld/"):
-        import metaworld  # noqa: F401  (registers the Meta-World ids)
-
-        task = env_id.split("/", 1)[1]
-        env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
-        env = SuccessInfo(env)
-        env = gym.wrappers.DtypeObservation(env, np.float32)
+        register_envs()
+        return DMCWrapper(gym.make(env_id, **kwargs), action_repeat)
+    if env_id.startswith("metaworld/"):
+        register_envs()
+        env = gym.make(env_id, seed=seed, **kwargs)
     else:
         env = gym.make(env_id, **kwargs)
     if action_repeat > 1:

@@ -5,6 +5,13 @@ from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
 
 
+class NonFiniteError(ValueError):
+    """A NaN or inf reached M3PO: from the env (observation, reward) or from training (losses, targets, actions).
+
+    A ``ValueError`` so that rl-zoo3's Optuna objective prunes the trial instead of crashing the study.
+    """
+
+
 def check_observation_space(observation_space: spaces.Space) -> int:
     """
     Check that M3PO can encode the observation space and return its flat size.

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.math import exploration_bonus
-from sb3_m3po.common.utils import flatten_observation, real_next_observation
+from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
 
@@ -201,7 +201,8 @@ class M3PO(PPO):
         self._plan: th.Tensor | None = None
         self._last_original_obs: np.ndarray | None = None
         self._validate_hyperparameters()
-        self._check_spaces()
+        if self.env is not None:  # load() builds the model without an env and restores the spaces later
+            self._check_spaces()
         if _init_setup_model:
             self._setup_model()
 
@@ -303,7 +304,7 @@ class M3PO(PPO):
     def _check_finite(self, what: str, array: np.ndarray) -> None:
         if not np.all(np.isfinite(array)):
             bad = np.flatnonzero(~np.isfinite(array.reshape(self.n_envs, -1)).all(axis=1))
-            raise ValueError(
+            raise NonFiniteError(
                 f"M3PO got a non-finite (NaN or inf) {what} for env(s) {bad.tolist()} "
                 f"at timestep {self.num_timesteps}; nothing from this step was stored or trained on"
             )
@@ -460,7 +461,7 @@ class M3PO(PPO):
             )
             if not th.isfinite(losses.total):
                 parts = {k: float(v) for k, v in losses._asdict().items() if k != "latents"}
-                raise RuntimeError(
+                raise NonFiniteError(
                     f"M3PO world-model loss became non-finite at timestep {self.num_timesteps} "
                     f"(update {self._n_updates}): {parts}. Parameters were not updated with it; "
                     "lower wm_learning_rate or check the rewards and observations."
@@ -519,14 +520,14 @@ class M3PO(PPO):
         Both carry no gradient: the stop-gradient is on the target side of the consistency
         loss, so the encoder learns only through the predicted (online) latents.
 
-        :raises RuntimeError: if the TD targets are not finite
+        :raises NonFiniteError: if the TD targets are not finite
         """
         policy, wm = self.policy, self.policy.world_model
         target_z = wm.encode(batch.next_observations, task)
         next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
         td_targets = batch.rewards + self.gamma * (1.0 - batch.terminated) * next_q
         if not th.isfinite(td_targets).all():
-            raise RuntimeError(
+            raise NonFiniteError(
                 f"M3PO world-model loss became non-finite at timestep {self.num_timesteps}: the TD targets "
                 "(reward + gamma * target Q) contain NaN/inf. Parameters were not updated with them; "
                 "lower wm_learning_rate or check the rewards."

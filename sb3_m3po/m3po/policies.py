@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from sb3_m3po.common.layers import mlp
-from sb3_m3po.common.utils import check_observation_space, flatten_observation
+from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
 from sb3_m3po.m3po.planner import MPPIPlanner, PlannerConfig, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
 
@@ -308,7 +308,7 @@ class M3POPolicy(BasePolicy):
             n_envs = observation.shape[0] if vectorized else 1
         flat = flatten_observation(observation, n_envs)
         if not np.all(np.isfinite(flat)):
-            raise ValueError("predict() got a non-finite (NaN or inf) observation")
+            raise NonFiniteError("predict() got a non-finite (NaN or inf) observation")
         obs = th.as_tensor(flat, device=self.device)
         if state is None:
             plan = self.initial_plan(n_envs)

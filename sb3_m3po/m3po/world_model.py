@@ -123,7 +123,10 @@ class WorldModel(nn.Module):
 
         :return: shape ``(..., 1)``
         """
-        members = th.randperm(self.num_q, generator=generator, device="cpu")[:2].to(z.device)
+        members = None
+        if self.num_q > 2:
+            device = generator.device if generator is not None else z.device
+            members = th.randperm(self.num_q, generator=generator, device=device)[:2].to(z.device)
         q = two_hot_inv(self.q_logits(z, action, task, target, members), self.vmin, self.vmax)
         return q.min(0).values if reduce == "min" else q.mean(0)
 

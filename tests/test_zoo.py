@@ -1,0 +1,146 @@
+"""rl-zoo3 entry points end to end on tiny budgets (real envs, real files)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from sb3_m3po.train import with_shipped_config
+from sb3_m3po.zoo import convert_m3po_params, hyperparams_dir, shipped_config
+
+TINY_PARAMS = [
+    "-params",
+    "n_steps:32",
+    "batch_size:16",
+    "n_epochs:2",
+    "num_samples:16",
+    "num_elites:4",
+    "num_prior_trajectories:2",
+    "mppi_iterations:2",
+    "wm_batch_size:8",
+    "wm_gradient_steps:4",
+    "learning_starts:32",
+]
+
+
+def run_module(module: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_shipped_hyperparameters_cover_the_benchmark_ids():
+    for algo in ["m3po", "ppo", "sac"]:
+        with open(os.path.join(hyperparams_dir(), f"{algo}.yml")) as f:
+            table = yaml.safe_load(f)
+        for env_id in ["Pendulum-v1", "dm_control/cartpole-swingup-v0", "metaworld/reach-v3"]:
+            assert env_id in table, (algo, env_id)
+    assert shipped_config("m3po", "MountainCarContinuous-v0") is not None  # the default entry
+    assert shipped_config("ppo", "MountainCarContinuous-v0") is None  # rl-zoo3's own file applies
+    assert "--conf-file" in with_shipped_config(["--algo", "m3po", "--env", "Pendulum-v1"])
+    assert with_shipped_config(["--algo", "m3po", "-conf", "mine.yml"]) == ["--algo", "m3po", "-conf", "mine.yml"]
+
+
+def test_converter_gives_valid_constructor_arguments():
+    params = convert_m3po_params({"num_samples_pow": 6, "elite_fraction": 0.125, "n_steps_pow": 7, "horizon": 2})
+    assert params == {
+        "horizon": 2,
+        "num_samples": 64,
+        "num_elites": 8,
+        "num_prior_trajectories": 4,
+        "n_steps": 128,
+        "batch_size": 64,
+    }
+
+
+def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
+    log = str(tmp_path / "logs")
+    out = run_module(
+        "sb3_m3po.train",
+        "--algo",
+        "m3po",
+        "--env",
+        "Pendulum-v1",
+        "-n",
+        "96",
+        "-f",
+        log,
+        "--eval-freq",
+        "64",
+        "--eval-episodes",
+        "1",
+        "--seed",
+        "0",
+        *TINY_PARAMS,
+        cwd=str(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = os.path.join(log, "m3po", "Pendulum-v1_1")
+    assert os.path.exists(os.path.join(run_dir, "Pendulum-v1.zip"))
+    assert os.path.exists(os.path.join(run_dir, "evaluations.npz"))
+    assert os.path.exists(os.path.join(run_dir, "Pendulum-v1", "config.yml"))
+    enjoy = run_module(
+        "sb3_m3po.enjoy", "--algo", "m3po", "--env", "Pendulum-v1", "-f", log, "-n", "20", "--no-render", cwd=str(tmp_path)
+    )
+    assert enjoy.returncode == 0, enjoy.stderr[-3000:]
+    resumed = run_module(
+        "sb3_m3po.train",
+        "--algo",
+        "m3po",
+        "--env",
+        "Pendulum-v1",
+        "-n",
+        "64",
+        "-f",
+        log,
+        "-i",
+        os.path.join(run_dir, "Pendulum-v1.zip"),
+        *TINY_PARAMS,
+        cwd=str(tmp_path),
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    from sb3_m3po import M3PO
+
+    model = M3PO.load(os.path.join(log, "m3po", "Pendulum-v1_2", "Pendulum-v1.zip"))
+    assert model.num_timesteps == 96 + 64, "resuming with -i continues the step count"
+    assert np.isfinite(model.policy.log_std.detach().numpy()).all()
+
+
+def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
+    log = str(tmp_path / "logs")
+    out = run_module(
+        "sb3_m3po.train",
+        "--algo",
+        "m3po",
+        "--env",
+        "dm_control/cartpole-swingup-v0",
+        "-n",
+        "64",
+        "-f",
+        log,
+        "--eval-freq",
+        "-1",
+        *TINY_PARAMS,
+        cwd=str(tmp_path),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    models = glob.glob(os.path.join(log, "m3po", "**", "*.zip"), recursive=True)
+    assert len(models) == 1 and "cartpole-swingup" in models[0]
+    with open(glob.glob(os.path.join(log, "m3po", "**", "config.yml"), recursive=True)[0]) as f:
+        assert "DMCWrapper" in f.read(), "the shipped action-repeat wrapper was used"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--algo", "m3po", "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--algo", "nosuchalgo", "--env", "Pendulum-v1"], "nosuchalgo"),
+    ],
+)
+def test_bad_input_names_the_problem(tmp_path, args, message):
+    out = run_module("sb3_m3po.train", *args, "-n", "10", "-f", str(tmp_path), cwd=str(tmp_path))
+    assert out.returncode != 0
+    assert message in out.stderr
