@@ -119,6 +119,7 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
         "wall_seconds_total": wall,
         "wall_seconds_train": wall - eval_seconds[0],
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {th.__version__}",
+        "commit": code_version(),
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
@@ -126,6 +127,19 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
         json.dump(result, f, indent=1)
     os.replace(tmp, path)
     return path
+
+
+def code_version() -> str:
+    """Commit of the code that produced a run (``+dirty`` if the tree had uncommitted changes)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--", "sb3_m3po"], cwd=here, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def _run(args: tuple) -> str:
@@ -162,7 +176,7 @@ def summarize(out_dir: str) -> None:
         "M3PO's defaults, SB3's PPO and SAC defaults; deterministic evaluation; one torch thread per run,",
         "two runs in parallel). Budgets and steps are simulator steps (action repeat counted).",
         "",
-        f"Machine: {runs[0]['machine']}.",
+        f"Machine: {runs[0]['machine']}. Code: commit(s) {sorted({r.get('commit', 'unknown') for r in runs})}.",
         "",
         "| task | algo | seed | final return | best return | first step at goal | train wall-clock (s) "
         "| total incl. eval (s) |",
@@ -180,6 +194,7 @@ def summarize(out_dir: str) -> None:
             f"{r['first_step_at_goal']},{r['wall_seconds_train']:.1f},{r['wall_seconds_total']:.1f}"
         )
     lines += ["", "## Per task and algorithm (mean over seeds)", ""]
+    images: list[str] = []
     lines += [
         "| task | algo | seeds | final return mean (min) | goal | goal reached on every seed |",
         "|---|---|---|---|---|---|",
@@ -212,7 +227,8 @@ def summarize(out_dir: str) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, f"{task_name}.png"), dpi=100)
         plt.close(fig)
-        lines += ["", f"![{task_name}]({task_name}.png)"]
+        images += ["", f"![{task_name}]({task_name}.png)"]
+    lines += images
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out_dir, "runs.csv"), "w") as f:
