@@ -100,6 +100,11 @@ def test_vecnormalize_and_set_env(tiny):
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
     model = M3PO("MlpPolicy", env, **tiny)
     model.learn(128)
+    # the replay keeps observations as the env produced them: (cos, sin) stays on the unit circle
+    stored = model.replay_buffer.observations[:64].reshape(-1, 3)
+    stored_next = model.replay_buffer.next_observations[:64].reshape(-1, 3)
+    assert np.allclose(stored[:, 0] ** 2 + stored[:, 1] ** 2, 1.0, atol=1e-4)
+    assert np.allclose(stored_next[:, 0] ** 2 + stored_next[:, 1] ** 2, 1.0, atol=1e-4)
     model.set_env(VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=1)))
     model.learn(64, reset_num_timesteps=False)
     params = model.get_parameters()

@@ -309,12 +309,22 @@ class M3PO(PPO):
                 f"at timestep {self.num_timesteps}; nothing from this step was stored or trained on"
             )
 
-    def _original_obs(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        """Flat observation as the env produced it, before VecNormalize."""
+    def _original_next_obs(self, next_flat: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """
+        The real next observation before VecNormalize (the replay normalises with current statistics when sampling).
+
+        VecNormalize keeps the raw new observations; the terminal observations of finished
+        envs come normalised in ``infos`` and are mapped back with the statistics they were
+        normalised with (those of this step).
+        """
         vec_norm = self._vec_normalize_env
         if vec_norm is None or not vec_norm.norm_obs:
-            return self._flat(obs)
-        return self._flat(vec_norm.unnormalize_obs(obs))  # type: ignore[arg-type]
+            return next_flat
+        original = self._flat(vec_norm.get_original_obs()).copy()
+        done_idx = np.flatnonzero(dones)
+        if len(done_idx) > 0:
+            original[done_idx] = vec_norm.unnormalize_obs(next_flat[done_idx])
+        return original
 
     def collect_rollouts(
         self,
@@ -374,9 +384,11 @@ class M3PO(PPO):
                 dones,
             )
             original_rewards = rewards if vec_norm is None else vec_norm.get_original_reward()
+            original_next = self._original_next_obs(next_flat, dones)
+            original_obs = obs_flat if vec_norm is None or not vec_norm.norm_obs else self._flat(self._last_original_obs)
             self.replay_buffer.add(
-                self._original_obs(self._last_obs),
-                self._original_obs(next_obs),
+                original_obs,
+                original_next,
                 executed,
                 original_rewards,
                 terminated,
@@ -384,6 +396,8 @@ class M3PO(PPO):
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
+            if vec_norm is not None:
+                self._last_original_obs = vec_norm.get_original_obs()
 
         self._compute_bonus(th.stack(stds).mean().item())
         callback.update_locals(locals())
