@@ -3,12 +3,23 @@ Train with rl-zoo3, with M3PO registered: ``python -m sb3_m3po.train --algo m3po
 
 Accepts every ``rl_zoo3.train`` flag. Without ``-conf``, ``--algo m3po`` (and ``ppo``/``sac``
 on the env ids of ``hyperparams/``) uses the hyperparameters shipped with this package.
+Inputs rl-zoo3 would only trip over deep inside (unknown env id or algorithm, malformed
+hyperparameter file, unreachable Optuna storage) are checked first and reported in one line.
+After training, ``learning_curve.png`` is written next to ``evaluations.npz``.
 """
 
 import functools
+import importlib
+import os
 import sys
 
+import yaml
+
 from sb3_m3po.zoo import register, shipped_config
+
+
+class UsageError(Exception):
+    """Bad command-line input, reported as one line (no traceback)."""
 
 
 def _flag_value(argv: list[str], *names: str, default: str | None = None) -> str | None:
@@ -19,6 +30,18 @@ def _flag_value(argv: list[str], *names: str, default: str | None = None) -> str
             if arg.startswith(name + "="):
                 return arg.split("=", 1)[1]
     return default
+
+
+def _flag_values(argv: list[str], name: str) -> list[str]:
+    """Values of an ``nargs="+"`` flag (up to the next flag)."""
+    if name not in argv:
+        return []
+    values = []
+    for arg in argv[argv.index(name) + 1 :]:
+        if arg.startswith("-"):
+            break
+        values.append(arg)
+    return values
 
 
 def with_shipped_config(argv: list[str]) -> list[str]:
@@ -32,40 +55,122 @@ def with_shipped_config(argv: list[str]) -> list[str]:
     return argv if config is None else [*argv, "--conf-file", config]
 
 
-def continue_step_count_on_resume() -> None:
+def check_hyperparameter_file(path: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` is a readable yml mapping env ids to hyperparameters."""
+    if not (path.endswith(".yml") or path.endswith(".yaml")):
+        return  # a python module path, which rl-zoo3 imports itself
+    if not os.path.isfile(path):
+        raise UsageError(f"hyperparameter file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            table = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"malformed hyperparameter file '{path}'{line}: {problem}") from e
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UsageError(f"malformed hyperparameter file '{path}': expected a mapping env id -> {{hyperparameter: value}}")
+
+
+def check_storage(url: str) -> None:
+    """Raise :class:`UsageError` unless the Optuna storage ``url`` can be opened (journal file or database)."""
+    import optuna
+
+    if url.endswith(".log"):
+        folder = os.path.dirname(os.path.abspath(url))
+        if os.path.exists(folder) and not os.access(folder, os.W_OK):
+            raise UsageError(f"tuning storage '{url}': folder is not writable")
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = url
+    try:
+        optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as e:  # sqlalchemy/driver errors differ by backend; all mean "cannot use it"
+        message = " ".join(str(e).split())[:300]
+        raise UsageError(f"cannot open tuning storage '{shown}': {type(e).__name__}: {message}") from e
+
+
+def preflight(argv: list[str]) -> None:
+    """Check algorithm, env id, hyperparameter file and storage before rl-zoo3 builds anything."""
+    import gymnasium as gym
+    from rl_zoo3.utils import ALGOS
+
+    for package in _flag_values(argv, "--gym-packages"):
+        importlib.import_module(package)
+    algo = _flag_value(argv, "--algo", default="ppo")
+    if algo not in ALGOS:
+        raise UsageError(f"unknown algorithm '{algo}' (available: {', '.join(sorted(ALGOS))})")
+    env_id = _flag_value(argv, "--env", default="CartPole-v1")
+    assert env_id is not None
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise UsageError(f"unknown env id '{env_id}': {' '.join(str(e).split())}") from e
+    config = _flag_value(argv, "-conf", "--conf-file")
+    if config is not None:
+        check_hyperparameter_file(config)
+    storage = _flag_value(argv, "--storage")
+    if storage is not None:
+        check_storage(storage)
+
+
+def _write_learning_curve(save_path: str, env_id: str) -> None:
+    npz = os.path.join(save_path, "evaluations.npz")
+    if not os.path.exists(npz):
+        return
+    from sb3_m3po.plotting import plot_evaluations
+
+    try:
+        plot_evaluations(npz, os.path.join(save_path, "learning_curve.png"), env_id)
+    except ValueError as e:  # no evaluation happened (e.g. interrupted before the first one)
+        print(f"learning_curve.png not written: {e}", file=sys.stderr)
+
+
+def patch_experiment_manager() -> None:
     """
-    Make ``-i`` (resume) continue the step count, tensorboard curves and schedules.
+    Make ``-i`` (resume) continue the step count, and plot the learning curve after training.
 
     rl-zoo3 calls ``model.learn(n_timesteps)``, which restarts ``num_timesteps`` at 0 for a
     loaded model; for a resumed run we pass ``reset_num_timesteps=False`` instead.
     """
     from rl_zoo3.exp_manager import ExperimentManager
 
-    if getattr(ExperimentManager.learn, "_continues_step_count", False):
+    if getattr(ExperimentManager.learn, "_sb3_m3po", False):
         return
     original = ExperimentManager.learn
 
     @functools.wraps(original)
     def learn(self: ExperimentManager, model) -> None:  # type: ignore[no-untyped-def]
-        if not self.continue_training:
-            original(self, model)
-            return
-        model.learn = functools.partial(model.learn, reset_num_timesteps=False)  # type: ignore[method-assign]
+        if self.continue_training:
+            model.learn = functools.partial(model.learn, reset_num_timesteps=False)  # type: ignore[method-assign]
         try:
-            original(self, model)
+            original(self, model)  # catches KeyboardInterrupt, so Ctrl-C still saves the model
         finally:
-            del model.learn  # an instance attribute would be pickled by save()
+            if self.continue_training:
+                del model.learn  # an instance attribute would be pickled by save()
+        _write_learning_curve(self.save_path, self.env_name.gym_id)
 
-    learn._continues_step_count = True  # type: ignore[attr-defined]
+    learn._sb3_m3po = True  # type: ignore[attr-defined]
     ExperimentManager.learn = learn  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:
     register()
-    continue_step_count_on_resume()
+    patch_experiment_manager()
     from rl_zoo3.train import train
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" not in args and "--help" not in args:
+        try:
+            preflight(args)
+        except UsageError as e:
+            print(f"sb3-m3po train: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     sys.argv = ["sb3_m3po.train", *with_shipped_config(args)]
     train()
 
