@@ -76,6 +76,7 @@ def main() -> None:
                 raise RuntimeError(f"a tuning worker failed ({proc.returncode}):\n{err[-3000:]}")
         study = optuna.load_study(study_name=args.study_name, storage=storage)
         table = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params"))
+        best = study.best_trial  # read before a local server is stopped
     finally:
         if server is not None:
             server.stop()
@@ -85,9 +86,12 @@ def main() -> None:
     shown = table.copy()
     shown["duration"] = shown["duration"].dt.total_seconds().round(1)
     shown.columns = [c.replace("params_", "") for c in shown.columns]
-    best = study.best_trial
     storage_note = "local throwaway PostgreSQL server" if args.storage is None else "the PostgreSQL server given"
-    worker_line = " ".join(c if " " not in c else repr(c) for c in commands[0]).replace(storage, "<storage>")
+    worker_line = (
+        " ".join(c if " " not in c else repr(c) for c in commands[0])
+        .replace(storage, "<storage>")
+        .replace(args.log_dir, "<log-dir>")
+    )
     lines = [
         "# Distributed tuning on PostgreSQL",
         "",

@@ -55,8 +55,9 @@ def two_hot_inv(logits: th.Tensor, vmin: float, vmax: float) -> th.Tensor:
     :param logits: tensor of shape ``(..., num_bins)``
     :return: tensor of shape ``(..., 1)``
     """
-    centers = bin_centers(vmin, vmax, logits.shape[-1], logits.device)
-    return symexp((F.softmax(logits, dim=-1) * centers).sum(-1, keepdim=True))
+    centers = bin_centers(vmin, vmax, logits.shape[-1], logits.device).to(logits.dtype)
+    # a matrix-vector product instead of multiply + sum: no (..., num_bins) temporary
+    return symexp(F.softmax(logits, dim=-1) @ centers.unsqueeze(-1))
 
 
 def soft_ce(logits: th.Tensor, target: th.Tensor, vmin: float, vmax: float) -> th.Tensor:

@@ -482,7 +482,7 @@ class M3PO(PPO):
                 )
             policy.wm_optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
-            grad_norm = th.nn.utils.clip_grad_norm_(params, self.wm_max_grad_norm)
+            grad_norm = th.nn.utils.clip_grad_norm_(params, self.wm_max_grad_norm, foreach=True)
             policy.wm_optimizer.step()
             wm.soft_update_target(self.tau)
             if self.prior_q_coef > 0:
@@ -569,7 +569,7 @@ class M3PO(PPO):
         loss = -self.prior_q_coef * (q * weights).mean() / max(self._q_scale, 1.0)
         policy.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        th.nn.utils.clip_grad_norm_(policy.actor.parameters(), self.max_grad_norm)
+        th.nn.utils.clip_grad_norm_(policy.actor.parameters(), self.max_grad_norm, foreach=True)
         policy.optimizer.step()
 
     def learn(

@@ -109,6 +109,10 @@ class M3POPolicy(BasePolicy):
             optimizer_kwargs=optimizer_kwargs,
             squash_output=False,
         )
+        if optimizer_class is th.optim.Adam and not {"foreach", "fused"} & set(self.optimizer_kwargs):
+            # one fused kernel for all parameters: the per-tensor loop of the default CPU Adam
+            # costs more than the arithmetic for these small networks
+            self.optimizer_kwargs = {**self.optimizer_kwargs, "fused": True}
         preset = MODEL_PRESETS[model_size]
         self.model_size = model_size
         self.latent_dim = latent_dim or preset["latent_dim"]

@@ -1,0 +1,190 @@
+"""
+Training throughput: env steps per second of M3PO (CPU and paper-scale presets), SB3 PPO and SB3 SAC.
+
+Every run trains on the same env (action repeat 2, one env, default hyperparameters of each
+algorithm) in a fresh process; runs alternate between algorithms so that drift of the machine
+hits all of them. Time is measured after a warm-up (``--warmup`` env steps, so that every
+algorithm is past its ``learning_starts``) from the start of a rollout to the end of training,
+and split by wrapping the methods that do the work:
+
+* ``env``: ``VecEnv.step`` (simulation, wrappers);
+* ``act``: action selection (M3PO: the MPPI planner incl. encoder/prior/value, PPO: the policy
+  forward pass, SAC: ``predict``);
+* ``policy_update``: M3PO: bonus pass + PPO epochs, PPO: its epochs, SAC: its gradient steps;
+* ``wm_update``: M3PO's world-model (and Q-guidance) gradient steps;
+* ``other``: the rest (buffers, callbacks, logging).
+
+Writes ``runs.json`` and ``summary.md`` to ``--out``.
+
+Usage::
+
+    python benchmarks/throughput.py --tasks cartpole reach --algos m3po sac ppo m3po_5M
+"""
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
+
+TASKS = {"cartpole": "dm_control/cartpole-swingup-v0", "reach": "metaworld/reach-v3"}
+ACTION_REPEAT = 2
+
+# name -> (class, kwargs, env steps measured after the warm-up)
+ALGOS: dict[str, tuple[str, dict, int]] = {
+    "m3po": ("M3PO", {}, 2048),
+    "m3po_5M": ("M3PO", {"policy_kwargs": {"model_size": "5M"}}, 512),
+    "m3po_fast": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 128, "wm_batch_size": 256}, 2048),
+    "sac": ("SAC", {}, 2048),
+    "ppo": ("PPO", {}, 4096),
+}
+
+
+class Stopwatch:
+    """Accumulates wall-clock seconds per named bucket."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, obj: object, method: str, bucket: str) -> None:
+        original = getattr(obj, method)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - start
+
+        setattr(obj, method, timed)
+
+
+def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | None = None) -> dict:
+    import torch as th
+
+    th.set_num_threads(threads)
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_m3po import M3PO
+    from sb3_m3po.common.envs import make_env
+
+    cls_name, kwargs, default_measured = ALGOS[algo]
+    kwargs = dict(kwargs)
+    env = make_vec_env(lambda: make_env(TASKS[task], action_repeat=ACTION_REPEAT), n_envs=kwargs.pop("n_envs", 1), seed=0)
+    measured = measured or default_measured
+    model = {"M3PO": M3PO, "PPO": PPO, "SAC": SAC}[cls_name]("MlpPolicy", env, seed=0, verbose=0, **kwargs)
+    watch = Stopwatch()
+    watch.wrap(env, "step", "env")
+    if cls_name == "M3PO":
+        watch.wrap(model.policy, "act", "act")
+        watch.wrap(model, "_compute_bonus", "policy_update")
+        watch.wrap(model, "_train_world_model", "wm_update")
+        watch.wrap(model, "train", "update_total")
+    elif cls_name == "PPO":
+        watch.wrap(model.policy, "forward", "act")
+        watch.wrap(model, "train", "policy_update")
+    else:
+        watch.wrap(model, "predict", "act")
+        watch.wrap(model, "train", "policy_update")
+
+    marks: list[tuple[int, float, dict[str, float]]] = []
+
+    class Mark(BaseCallback):
+        def _on_rollout_start(self) -> None:
+            if not marks and self.num_timesteps >= warmup:
+                marks.append((self.num_timesteps, time.perf_counter(), dict(watch.seconds)))
+
+        def _on_step(self) -> bool:
+            return True
+
+    # on-policy algorithms collect whole rollouts: end the run on a rollout boundary
+    n_steps = getattr(model, "n_steps", 1) * model.n_envs
+    total = (-(-warmup // n_steps) + -(-measured // n_steps)) * n_steps
+    model.learn(total, callback=Mark())
+    end_time, end_seconds = time.perf_counter(), dict(watch.seconds)
+    assert marks, f"warm-up {warmup} never ended within {total} steps"
+    start_steps, start_time, start_seconds = marks[0]
+    steps = model.num_timesteps - start_steps
+    wall = end_time - start_time
+    split = {k: end_seconds.get(k, 0.0) - start_seconds.get(k, 0.0) for k in end_seconds}
+    if "update_total" in split:  # M3PO: train() = PPO epochs + world model
+        split["policy_update"] = split.get("policy_update", 0.0) + split.pop("update_total") - split.get("wm_update", 0.0)
+    split["other"] = wall - sum(split.values())
+    return {
+        "task": task,
+        "algo": algo,
+        "env_id": TASKS[task],
+        "measured_env_steps": steps,
+        "measured_sim_steps": steps * ACTION_REPEAT,
+        "wall_seconds": wall,
+        "env_steps_per_s": steps / wall,
+        "seconds_per_1k_steps": {k: 1000 * v / steps for k, v in sorted(split.items())},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": threads,
+    }
+
+
+def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
+    import torch as th
+
+    buckets = ["env", "act", "policy_update", "wm_update", "other"]
+    lines = [
+        "# Training throughput",
+        "",
+        f"Produced by `python benchmarks/throughput.py --tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)} "
+        f"--threads {args.threads}`. Machine: {platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
+        f"{args.threads} torch threads, one run at a time, alternating algorithms. Action repeat 2, default "
+        f"hyperparameters (one env) except the named variants (see ALGOS in the script); measured after "
+        f"{args.warmup} env steps of warm-up.",
+        "",
+        "| task | algo | env steps/s | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        split = " / ".join(f"{r['seconds_per_1k_steps'].get(b, 0.0):.1f}" for b in buckets)
+        lines.append(f"| {r['task']} | {r['algo']} | {r['env_steps_per_s']:.1f} | {split} | {r['peak_rss_mib']:.0f} |")
+    lines += ["", "| task | M3PO variant | / SAC steps/s | / PPO steps/s |", "|---|---|---|---|"]
+    for task in args.tasks:
+        rate = {r["algo"]: r["env_steps_per_s"] for r in runs if r["task"] == task}
+        for variant in (a for a in rate if a.startswith("m3po")):
+            vs = [f"{rate[variant] / rate[b]:.2f}x" if b in rate else "n/a" for b in ("sac", "ppo")]
+            lines.append(f"| {task} | {variant} | {vs[0]} | {vs[1]} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--algos", nargs="+", default=["m3po", "sac", "ppo", "m3po_5M"], choices=list(ALGOS))
+    parser.add_argument("--warmup", type=int, default=1024, help="env steps before measuring (past learning_starts)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of each run")
+    parser.add_argument("--measured", type=int, help="env steps to measure (default: per algorithm, see ALGOS)")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    runs = []
+    ctx = mp.get_context("spawn")
+    for task in args.tasks:
+        for algo in args.algos:  # alternate: every algorithm once per task, in turn
+            with ctx.Pool(1) as pool:
+                run = pool.apply(run_one, (task, algo, args.warmup, args.threads, args.measured))
+            runs.append(run)
+            print(f"{task} {algo}: {run['env_steps_per_s']:.1f} env steps/s {run['seconds_per_1k_steps']}", flush=True)
+            with open(os.path.join(args.out, "runs.json"), "w") as f:
+                json.dump(runs, f, indent=1)
+    print(summarize(runs, args.out, args))
+
+
+if __name__ == "__main__":
+    main()
