@@ -55,6 +55,7 @@ ALGOS: dict[str, tuple[str, dict]] = {
     # throughput candidate (issue 3): 8 envs planned in one batch, a quarter of the world-model
     # updates per transition on twice the batch
     "m3po_fast": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 128, "wm_batch_size": 256}),
+    "m3po_fast8": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 64, "wm_batch_size": 256}),
 }
 
 

@@ -40,6 +40,7 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     "m3po": ("M3PO", {}, 2048),
     "m3po_5M": ("M3PO", {"policy_kwargs": {"model_size": "5M"}}, 512),
     "m3po_fast": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 128, "wm_batch_size": 256}, 2048),
+    "m3po_fast8": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 64, "wm_batch_size": 256}, 2048),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),
 }
