@@ -65,16 +65,17 @@ def test_two_workers_share_a_postgres_study_and_survive_sigkill(tmp_path):
     with LocalPostgres() as pg:
         # the study is created up front so that the two workers do not race to create it
         optuna.create_study(study_name="shared", storage=pg.url, direction="maximize")
-        study_args = ["--n-trials", "3", "--storage", pg.url, "--study-name", "shared"]
-        workers = [start_train(tmp_path, *TUNE_ARGS, *study_args, "-f", str(tmp_path / f"logs{i}")) for i in range(2)]
-        victim, survivor = workers
+        study_args = ["--storage", pg.url, "--study-name", "shared"]
+        # the victim's trials are long (100k steps), so it is certainly mid-trial when killed
+        victim = start_train(tmp_path, *TUNE_ARGS, *study_args, "--n-trials", "3", "-n", "100000", "-f", str(tmp_path / "v"))
+        survivor = start_train(tmp_path, *TUNE_ARGS, *study_args, "--n-trials", "3", "-f", str(tmp_path / "s"))
         deadline = time.time() + 300
         completed_before: dict[int, float] = {}
         while time.time() < deadline:
             trials = _states(pg.url, "shared")
             running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
             done = {t.number: t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
-            if done and len(running) == 2:  # both workers are mid-trial: kill one of them now
+            if done and len(running) == 2:  # the survivor finished a trial and both are mid-trial
                 victim.send_signal(signal.SIGKILL)
                 completed_before = done
                 break
