@@ -10,6 +10,7 @@ table to ``--out``.
 Usage::
 
     python benchmarks/planner_bench.py --presets cpu 5M --n-envs 1 4 16 64 256 1024 --device cpu
+    python benchmarks/planner_bench.py --presets 1M 5M --planner paper --device cuda --tf32
 """
 
 import argparse
@@ -28,6 +29,12 @@ from sb3_m3po.m3po.planner import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
+
+# "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
+PLANNERS = {
+    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=3),
+    "paper": PlannerConfig(horizon=3, num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
+}
 
 
 def make_policy(preset: str, obs_dim: int, act_dim: int, device: str, planner: PlannerConfig) -> M3POPolicy:
@@ -119,10 +126,14 @@ def main() -> None:
     parser.add_argument("--act-dim", type=int, default=1)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--max-seconds-per-call", type=float, default=2.0, help="skip larger batches beyond this")
+    parser.add_argument("--planner", choices=list(PLANNERS), default="cpu", help="MPPI population and iterations")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    planner = PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=3)
+    if args.tf32:
+        th.backends.cuda.matmul.allow_tf32 = True
+    planner = PLANNERS[args.planner]
 
     rows = []
     for preset in args.presets:
@@ -138,13 +149,15 @@ def main() -> None:
             if row["ms_per_call"] / 1e3 > args.max_seconds_per_call:
                 break
     if args.device.startswith("cuda"):
-        name = th.cuda.get_device_name().replace(" ", "_")
+        name = th.cuda.get_device_name().replace(" ", "_") + ("_tf32" if args.tf32 else "")
     else:
         name = f"cpu{args.threads}t"
+    name += f"_{args.planner}"
     machine = {
         "device": args.device if not args.device.startswith("cuda") else th.cuda.get_device_name(),
         "cpu": f"{platform.machine()} {os.cpu_count()} cores",
         "threads": args.threads,
+        "tf32": args.tf32,
         "torch": th.__version__,
         "planner": planner.__dict__,
     }
@@ -152,8 +165,11 @@ def main() -> None:
     with open(os.path.join(args.out, f"planner_{name}.json"), "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=1)
     lines = [
-        f"Planner on {machine['device']} ({machine['cpu']}, {args.threads} threads, torch {th.__version__}); "
-        f"H={planner.horizon}, {planner.num_samples} samples x {planner.iterations} iterations.",
+        f"Planner on {machine['device']} ({machine['cpu']}, {args.threads} threads, torch {th.__version__}"
+        f"{', TF32' if args.tf32 else ''}); `{args.planner}` planner: H={planner.horizon}, "
+        f"{planner.num_samples} samples ({planner.num_prior_trajectories} from the prior) x {planner.iterations} "
+        f"iterations. Command: `python benchmarks/planner_bench.py --presets {' '.join(args.presets)} --planner "
+        f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device}{' --tf32' if args.tf32 else ''}`.",
         "",
         "| preset | n_envs | ms / call | actions/s | planner GFLOP/s | matmul GFLOP/s (same shape) | efficiency |",
         "|---|---|---|---|---|---|---|",

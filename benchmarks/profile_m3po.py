@@ -45,13 +45,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--n-envs", type=int, default=8, help="envs planned in one batch (8: the shipped configuration)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 
-    env = make_vec_env(lambda: make_env("dm_control/cartpole-swingup-v0", action_repeat=2), n_envs=1, seed=0)
+    env = make_vec_env(lambda: make_env("dm_control/cartpole-swingup-v0", action_repeat=2), n_envs=args.n_envs, seed=0)
     model = M3PO("MlpPolicy", env, seed=0, wm_gradient_steps=8)
-    model.learn(1536)  # past learning_starts, so the world model has trained a little
+    model.learn(2048)  # past learning_starts, so the world model has trained a little
     policy = model.policy
     obs = th.as_tensor(model._flat(model._last_obs))
     plan = shift_plan(model._plan, None)
@@ -79,8 +80,9 @@ def main() -> None:
     header = [
         f"# Profile `{args.label}`",
         "",
-        f"`python benchmarks/profile_m3po.py --label {args.label} --threads {args.threads}`: cartpole-swingup, default "
-        f"M3PO (cpu preset), {platform.machine()} {os.cpu_count()} cores, torch {th.__version__}, "
+        f"`python benchmarks/profile_m3po.py --label {args.label} --threads {args.threads} --n-envs {args.n_envs}`: "
+        f"cartpole-swingup, default M3PO (cpu preset), {args.n_envs} env(s) planned per call, "
+        f"{platform.machine()} {os.cpu_count()} cores, torch {th.__version__}, "
         f"{args.threads} torch thread(s), {args.calls} calls each.",
         "",
     ]

@@ -1,8 +1,9 @@
 """
 Training throughput: env steps per second of M3PO (CPU and paper-scale presets), SB3 PPO and SB3 SAC.
 
-Every run trains on the same env (action repeat 2, one env, default hyperparameters of each
-algorithm) in a fresh process; runs alternate between algorithms so that drift of the machine
+Every run trains on the same env (action repeat 2, default hyperparameters of each algorithm,
+M3PO in its shipped 8-env configuration, SB3's SAC and PPO with their default single env) in a
+fresh process; runs alternate between algorithms so that drift of the machine
 hits all of them. Time is measured after a warm-up (``--warmup`` env steps, so that every
 algorithm is past its ``learning_starts``) from the start of a rollout to the end of training,
 and split by wrapping the methods that do the work:
@@ -35,12 +36,14 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 TASKS = {"cartpole": "dm_control/cartpole-swingup-v0", "reach": "metaworld/reach-v3"}
 ACTION_REPEAT = 2
 
-# name -> (class, kwargs, env steps measured after the warm-up)
+# name -> (class, kwargs, env steps measured after the warm-up). "m3po" is the shipped configuration
+# (hyperparams/m3po.yml: 8 envs, package defaults); SAC and PPO run SB3's defaults (one env).
 ALGOS: dict[str, tuple[str, dict, int]] = {
-    "m3po": ("M3PO", {}, 2048),
-    "m3po_5M": ("M3PO", {"policy_kwargs": {"model_size": "5M"}}, 512),
-    "m3po_fast": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 128, "wm_batch_size": 256}, 2048),
-    "m3po_fast8": ("M3PO", {"n_envs": 8, "n_steps": 64, "wm_gradient_steps": 64, "wm_batch_size": 256}, 2048),
+    "m3po": ("M3PO", {"n_envs": 8}, 4096),
+    "m3po_1env": ("M3PO", {}, 1024),
+    "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0}, 1024),
+    "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256}, 4096),
+    "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),
 }
@@ -133,31 +136,62 @@ def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | Non
     }
 
 
+def median_runs(runs: list[dict]) -> list[dict]:
+    """One row per (task, algo): the run with the median env steps/s, with the range over repeats."""
+    rows = []
+    keys = list(dict.fromkeys((r["task"], r["algo"]) for r in runs))
+    for key in keys:
+        group = sorted((r for r in runs if (r["task"], r["algo"]) == key), key=lambda r: r["env_steps_per_s"])
+        row = dict(group[(len(group) - 1) // 2])
+        row["repeats"] = len(group)
+        row["range"] = (group[0]["env_steps_per_s"], group[-1]["env_steps_per_s"])
+        rows.append(row)
+    return rows
+
+
 def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
+    """Write ``summary.md``: the throughput table, the ratios to SAC/PPO, and the planner/profile tables found in ``out``."""
     import torch as th
 
     buckets = ["env", "act", "policy_update", "wm_update", "other"]
+    rows = median_runs(runs)
     lines = [
         "# Training throughput",
         "",
         f"Produced by `python benchmarks/throughput.py --tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)} "
-        f"--threads {args.threads}`. Machine: {platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
-        f"{args.threads} torch threads, one run at a time, alternating algorithms. Action repeat 2, default "
-        f"hyperparameters (one env) except the named variants (see ALGOS in the script); measured after "
-        f"{args.warmup} env steps of warm-up.",
+        f"--threads {args.threads} --repeats {args.repeats}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {th.__version__}, {args.threads} torch threads, one run at a time, algorithms alternating within "
+        f"each repeat. Action repeat 2 for every algorithm; default hyperparameters: M3PO in its shipped "
+        f"configuration (`m3po`: 8 envs, package defaults), SB3's SAC and PPO with their defaults (one env); the "
+        f"other rows are variants (see ALGOS in the script). Measured after {args.warmup} env steps of warm-up "
+        f"(every algorithm past its `learning_starts`). Env steps are agent decisions (x2 simulator steps). "
+        f"Each row is the median of the repeats (range in brackets).",
         "",
-        "| task | algo | env steps/s | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) |",
+        "| task | algo | env steps/s (range) | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) |",
         "|---|---|---|---|---|",
     ]
-    for r in runs:
+    for r in rows:
         split = " / ".join(f"{r['seconds_per_1k_steps'].get(b, 0.0):.1f}" for b in buckets)
-        lines.append(f"| {r['task']} | {r['algo']} | {r['env_steps_per_s']:.1f} | {split} | {r['peak_rss_mib']:.0f} |")
+        lo, hi = r["range"]
+        lines.append(
+            f"| {r['task']} | {r['algo']} | {r['env_steps_per_s']:.1f} ({lo:.1f}-{hi:.1f}) | {split} | "
+            f"{r['peak_rss_mib']:.0f} |"
+        )
     lines += ["", "| task | M3PO variant | / SAC steps/s | / PPO steps/s |", "|---|---|---|---|"]
     for task in args.tasks:
-        rate = {r["algo"]: r["env_steps_per_s"] for r in runs if r["task"] == task}
+        rate = {r["algo"]: r["env_steps_per_s"] for r in rows if r["task"] == task}
         for variant in (a for a in rate if a.startswith("m3po")):
             vs = [f"{rate[variant] / rate[b]:.2f}x" if b in rate else "n/a" for b in ("sac", "ppo")]
             lines.append(f"| {task} | {variant} | {vs[0]} | {vs[1]} |")
+    # tables written by planner_bench.py and profile_m3po.py into the same folder
+    for prefix, title in (("planner_", "Planner microbenchmark"), ("profile_", "Operator profiles")):
+        found = sorted(n for n in os.listdir(out) if n.startswith(prefix) and n.endswith(".md"))
+        if found:
+            lines += ["", f"## {title}", ""]
+            for name in found:
+                with open(os.path.join(out, name)) as f:
+                    body = f.read().strip().replace("\n# ", "\n### ").replace("\n## ", "\n#### ")
+                lines += [f"From `{name}`:", "", body.removeprefix("# "), ""]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
@@ -171,15 +205,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1024, help="env steps before measuring (past learning_starts)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of each run")
     parser.add_argument("--measured", type=int, help="env steps to measure (default: per algorithm, see ALGOS)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each (task, algo); the summary takes the median")
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--summarize", action="store_true", help="only rewrite summary.md from runs.json")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.summarize:
+        with open(os.path.join(args.out, "runs.json")) as f:
+            print(summarize(json.load(f), args.out, args))
+        return
     runs = []
     ctx = mp.get_context("spawn")
-    for task in args.tasks:
-        for algo in args.algos:  # alternate: every algorithm once per task, in turn
+    for repeat in range(args.repeats):
+        for task, algo in ((t, a) for t in args.tasks for a in args.algos):  # alternate algorithms in each repeat
             with ctx.Pool(1) as pool:
                 run = pool.apply(run_one, (task, algo, args.warmup, args.threads, args.measured))
+            run["repeat"] = repeat
             runs.append(run)
             print(f"{task} {algo}: {run['env_steps_per_s']:.1f} env steps/s {run['seconds_per_1k_steps']}", flush=True)
             with open(os.path.join(args.out, "runs.json"), "w") as f:

@@ -40,11 +40,12 @@ def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     trial.suggest_float("bonus_coef", 0.0, 0.5)
     trial.suggest_float("bonus_anneal_fraction", 0.1, 1.0)
     trial.suggest_float("wm_learning_rate", 1e-4, 1e-3, log=True)
+    trial.suggest_categorical("wm_update_ratio", [0.125, 0.25, 0.5, 1.0])
     trial.suggest_float("prior_q_coef", 0.0, 2.0)
     trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
     trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3])
     trial.suggest_categorical("n_epochs", [5, 10, 20])
-    trial.suggest_int("n_steps_pow", 7, 10)
+    trial.suggest_int("n_steps_pow", 5, 9)
     return convert_m3po_params(trial.params)
 
 

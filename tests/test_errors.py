@@ -87,6 +87,7 @@ def test_nan_planned_action_raises(tiny):
         ({"num_elites": 64, "num_samples": 16}, "num_elites"),
         ({"horizon": 0}, "horizon"),
         ({"wm_batch_size": 0}, "wm_batch_size"),
+        ({"wm_update_ratio": 0.0}, "wm_update_ratio"),
         ({"gamma": 1.5}, "gamma"),
         ({"tau": 0.0}, "tau"),
         ({"bonus_coef": -1.0}, "bonus_coef"),

@@ -37,6 +37,21 @@ def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
         assert f"train/{key}" in header, key
 
 
+def test_wm_update_ratio_sets_world_model_steps_per_transition(tiny, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    tiny.update(wm_gradient_steps=-1, wm_update_ratio=0.25, learning_starts=0)
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = M3PO("MlpPolicy", env, seed=0, **tiny)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(2 * tiny["n_steps"] * 2)
+    lines = (tmp_path / "progress.csv").read_text().splitlines()
+    column = lines[0].split(",").index("train/wm_gradient_steps")
+    # 32 steps x 2 envs per rollout, a quarter of a world-model step per transition
+    logged = [line.split(",")[column] for line in lines[1:]]
+    assert {float(v) for v in logged if v} == {16.0}, logged
+
+
 def test_learn_with_env_id_string_and_progress_bar(tiny):
     M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, progress_bar=True)
 

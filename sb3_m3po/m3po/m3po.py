@@ -41,7 +41,8 @@ class M3PO(PPO):
     :param policy: the policy model to use (``MlpPolicy``, ``MultiInputPolicy``)
     :param env: the environment to learn from (if registered in Gym, can be str)
     :param learning_rate: learning rate of the prior and value function (or a schedule)
-    :param n_steps: steps per env per rollout
+    :param n_steps: steps per env per rollout (M3PO is meant to run several envs planned in one batch;
+        its shipped configuration uses 8, so a rollout is 512 transitions)
     :param batch_size: PPO minibatch size
     :param n_epochs: PPO epochs per rollout
     :param gamma: discount factor
@@ -64,7 +65,8 @@ class M3PO(PPO):
     :param max_std: upper clamp of the MPPI std
     :param wm_learning_rate: world-model learning rate
     :param wm_batch_size: subsequences per world-model gradient step
-    :param wm_gradient_steps: world-model steps per iteration (-1: one per collected transition)
+    :param wm_gradient_steps: world-model steps per iteration (-1: ``wm_update_ratio`` per collected transition)
+    :param wm_update_ratio: world-model steps per collected transition when ``wm_gradient_steps=-1``
     :param learning_starts: transitions in replay before the world model trains
     :param buffer_size: replay capacity (transitions)
     :param rho: temporal weight of the multi-step losses
@@ -101,7 +103,7 @@ class M3PO(PPO):
         policy: str | type[M3POPolicy],
         env: GymEnv | str,
         learning_rate: float | Schedule = 3e-4,
-        n_steps: int = 512,
+        n_steps: int = 64,
         batch_size: int = 64,
         n_epochs: int = 10,
         gamma: float = 0.99,
@@ -125,6 +127,7 @@ class M3PO(PPO):
         wm_learning_rate: float = 3e-4,
         wm_batch_size: int = 128,
         wm_gradient_steps: int = -1,
+        wm_update_ratio: float = 0.25,
         learning_starts: int = 1000,
         buffer_size: int = 1_000_000,
         rho: float = 0.5,
@@ -183,6 +186,7 @@ class M3PO(PPO):
         self.wm_learning_rate = wm_learning_rate
         self.wm_batch_size = wm_batch_size
         self.wm_gradient_steps = wm_gradient_steps
+        self.wm_update_ratio = wm_update_ratio
         self.learning_starts = learning_starts
         self.buffer_size = buffer_size
         self.rho = rho
@@ -218,6 +222,7 @@ class M3PO(PPO):
         require(0 <= self.gae_lambda <= 1, "gae_lambda", "a value in [0, 1]")
         require(self.wm_batch_size >= 1, "wm_batch_size", "an integer >= 1")
         require(self.wm_gradient_steps == -1 or self.wm_gradient_steps >= 0, "wm_gradient_steps", "-1 or >= 0")
+        require(self.wm_update_ratio > 0, "wm_update_ratio", "a value > 0")
         require(self.learning_starts >= 0, "learning_starts", ">= 0")
         require(self.buffer_size >= 1, "buffer_size", "an integer >= 1")
         require(0 < self.rho <= 1, "rho", "a value in (0, 1]")
@@ -449,7 +454,9 @@ class M3PO(PPO):
     def _train_world_model(self) -> None:
         if self.replay_buffer.size() < max(self.learning_starts, 1):
             return
-        steps = self.wm_gradient_steps if self.wm_gradient_steps >= 0 else self.n_steps * self.n_envs
+        steps = self.wm_gradient_steps
+        if steps < 0:
+            steps = max(1, round(self.wm_update_ratio * self.n_steps * self.n_envs))
         if steps == 0:
             return
         policy, wm = self.policy, self.policy.world_model
