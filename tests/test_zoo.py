@@ -13,7 +13,8 @@ from sb3_m3po.zoo import convert_m3po_params, hyperparams_dir, shipped_config
 
 TINY_PARAMS = [
     "-params",
-    "n_steps:32",
+    "n_envs:2",  # the shipped configuration runs 8; 2 keeps the vectorised path and the budgets small
+    "n_steps:16",
     "batch_size:16",
     "n_epochs:2",
     "num_samples:16",
