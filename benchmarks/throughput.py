@@ -165,7 +165,8 @@ def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
         f"configuration (`m3po`: 8 envs, package defaults), SB3's SAC and PPO with their defaults (one env); the "
         f"other rows are variants (see ALGOS in the script). Measured after {args.warmup} env steps of warm-up "
         f"(every algorithm past its `learning_starts`). Env steps are agent decisions (x2 simulator steps). "
-        f"Each row is the median of the repeats (range in brackets).",
+        f"Each row is the median of the repeats (range in brackets). Code: commit(s) "
+        f"{sorted({r.get('commit', 'unknown') for r in runs})}.",
         "",
         "| task | algo | env steps/s (range) | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) |",
         "|---|---|---|---|---|",
@@ -214,6 +215,9 @@ def main() -> None:
         with open(os.path.join(args.out, "runs.json")) as f:
             print(summarize(json.load(f), args.out, args))
         return
+    from learning_check import code_version  # same folder: the commit the runs were produced by
+
+    commit = code_version()
     runs = []
     ctx = mp.get_context("spawn")
     for repeat in range(args.repeats):
@@ -221,6 +225,7 @@ def main() -> None:
             with ctx.Pool(1) as pool:
                 run = pool.apply(run_one, (task, algo, args.warmup, args.threads, args.measured))
             run["repeat"] = repeat
+            run["commit"] = commit
             runs.append(run)
             print(f"{task} {algo}: {run['env_steps_per_s']:.1f} env steps/s {run['seconds_per_1k_steps']}", flush=True)
             with open(os.path.join(args.out, "runs.json"), "w") as f:
