@@ -54,9 +54,9 @@ ALGOS: dict[str, tuple[str, dict]] = {
     "sac": ("SAC", {}),
     "m3po_ppo_prior": ("M3PO", {"n_envs": 8, "prior_q_coef": 0.0}),
     # the defaults before the speed work (issue 3): one env, one world-model step per transition
-    "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0}),
-    # a cheaper candidate: half the world-model steps on twice the batch
-    "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256}),
+    "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0, "wm_batch_size": 128, "mppi_iterations": 3}),
+    # the first 8-env configuration: twice the world-model steps on half the batch, 3 MPPI iterations
+    "m3po_r4": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.25, "wm_batch_size": 128, "mppi_iterations": 3}),
 }
 
 

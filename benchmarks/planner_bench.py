@@ -32,7 +32,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 # "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
 PLANNERS = {
-    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=3),
+    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=2),
     "paper": PlannerConfig(horizon=3, num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
 }
 

@@ -41,8 +41,9 @@ ACTION_REPEAT = 2
 ALGOS: dict[str, tuple[str, dict, int]] = {
     "m3po": ("M3PO", {"n_envs": 8}, 4096),
     "m3po_1env": ("M3PO", {}, 1024),
-    "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0}, 1024),
-    "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256}, 4096),
+    "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0, "wm_batch_size": 128, "mppi_iterations": 3}, 1024),
+    # the first 8-env configuration: twice the world-model steps on half the batch, 3 MPPI iterations
+    "m3po_r4": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.25, "wm_batch_size": 128, "mppi_iterations": 3}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),
