@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from provenance import code_version  # same folder
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "learning_check")
 
@@ -135,19 +136,6 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
     return path
 
 
-def code_version() -> str:
-    """Commit of the code that produced a run (``+dirty`` if the tree had uncommitted changes)."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--", "sb3_m3po"], cwd=here, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def _run(args: tuple) -> str:
     return run_one(*args)
 
@@ -202,7 +190,7 @@ def summarize(out_dir: str) -> None:
     lines += ["", "## Per task and algorithm (mean over seeds)", ""]
     images: list[str] = []
     lines += [
-        "| task | algo | seeds | final return mean (min) | goal | goal reached on every seed |",
+        "| task | algo | seeds | final return mean (min) | goal | final return >= goal on every seed |",
         "|---|---|---|---|---|---|",
     ]
     for task_name, task in TASKS.items():
@@ -211,7 +199,7 @@ def summarize(out_dir: str) -> None:
             if not sel:
                 continue
             finals = [r["final_return"] for r in sel]
-            met = all(r["first_step_at_goal"] is not None for r in sel)
+            met = all(r["final_return"] >= task.goal for r in sel)
             lines.append(
                 f"| {task_name} | {algo} | {len(sel)} | {np.mean(finals):.1f} ({np.min(finals):.1f}) | {task.goal:g} | "
                 f"{'yes' if met else 'no'} |"
@@ -220,7 +208,7 @@ def summarize(out_dir: str) -> None:
         if not sel_task:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for algo, color in zip(ALGOS, ["C0", "C1", "C2", "C3"]):
+        for algo, color in zip(ALGOS, [f"C{i}" for i in range(len(ALGOS))]):
             for i, r in enumerate(x for x in sel_task if x["algo"] == algo):
                 steps = [p["sim_steps"] for p in r["curve"]]
                 rets = [p["mean_return"] for p in r["curve"]]

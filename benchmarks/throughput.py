@@ -216,7 +216,7 @@ def main() -> None:
         with open(os.path.join(args.out, "runs.json")) as f:
             print(summarize(json.load(f), args.out, args))
         return
-    from learning_check import code_version  # same folder: the commit the runs were produced by
+    from provenance import code_version  # same folder: the commit the runs were produced by
 
     commit = code_version()
     runs = []

@@ -13,8 +13,7 @@ import importlib
 import os
 import sys
 
-import yaml
-
+from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.zoo import register, shipped_config
 
 
@@ -62,13 +61,9 @@ def check_hyperparameter_file(path: str) -> None:
     if not os.path.isfile(path):
         raise UsageError(f"hyperparameter file '{path}' does not exist")
     try:
-        with open(path) as f:
-            table = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"malformed hyperparameter file '{path}'{line}: {problem}") from e
+        table = load_yaml(path)
+    except ValueError as e:
+        raise UsageError(f"hyperparameter file '{path}': {e}") from None
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise UsageError(f"malformed hyperparameter file '{path}': expected a mapping env id -> {{hyperparameter: value}}")
 
@@ -133,13 +128,19 @@ def _write_learning_curve(save_path: str, env_id: str) -> None:
 
 def patch_experiment_manager() -> None:
     """
-    Make ``-i`` (resume) continue the step count, and plot the learning curve after training.
+    Make ``-i`` (resume) continue the step count, plot the learning curve after training, and evaluate
+    with :class:`~sb3_m3po.common.callbacks.TaskAwareEvalCallback` (per-task evaluation of multi-task envs).
 
     rl-zoo3 calls ``model.learn(n_timesteps)``, which restarts ``num_timesteps`` at 0 for a
     loaded model; for a resumed run we pass ``reset_num_timesteps=False`` instead.
     """
+    from rl_zoo3 import exp_manager
     from rl_zoo3.exp_manager import ExperimentManager
 
+    from sb3_m3po.common.callbacks import TaskAwareEvalCallback
+
+    # the task of every evaluation episode of multi-task envs goes into evaluations.npz (else unchanged)
+    exp_manager.EvalCallback = TaskAwareEvalCallback  # type: ignore[misc]
     if getattr(ExperimentManager.learn, "_sb3_m3po", False):
         return
     original = ExperimentManager.learn

@@ -18,7 +18,8 @@ from sb3_m3po.common.postgres import LocalPostgres, find_postgres_bin
 TUNE_ARGS = [
     "--algo", "m3po", "--env", "Pendulum-v1", "-optimize", "--sampler", "random", "--pruner", "none",
     "--seed", "11", "-n", "128", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots",
-    "-params", "n_envs:1", "learning_starts:100000", "policy_kwargs:dict(latent_dim=16,enc_dim=32,mlp_dim=32,prior_dim=32,num_bins=21)",
+    "-params", "n_envs:1", "learning_starts:100000",
+    "policy_kwargs:dict(latent_dim=16,enc_dim=32,mlp_dim=32,prior_dim=32,num_bins=21)",
 ]  # fmt: skip
 
 
@@ -53,18 +54,13 @@ def test_optimize_on_a_journal_storage_writes_its_report(tmp_path):
     assert [t.value for t in study.trials] == list(table["value"])
 
 
-def _states(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=url).trials
-    except KeyError:  # the study is not created yet
-        return []
-
-
 @pytest.mark.skipif(find_postgres_bin() is None, reason="PostgreSQL server binaries (Debian 'postgresql') not installed")
 def test_two_workers_share_a_postgres_study_and_survive_sigkill(tmp_path):
     with LocalPostgres() as pg:
         # the study is created up front so that the two workers do not race to create it
-        optuna.create_study(study_name="shared", storage=pg.url, direction="maximize")
+        # one storage for all the polling below: a storage per poll would leave a connection pool
+        # each, and a slow machine polls often enough to exhaust the server's connections
+        study = optuna.create_study(study_name="shared", storage=pg.url, direction="maximize")
         study_args = ["--storage", pg.url, "--study-name", "shared"]
         # the victim's trials are long (100k steps), so it is certainly mid-trial when killed
         victim = start_train(tmp_path, *TUNE_ARGS, *study_args, "--n-trials", "3", "-n", "100000", "-f", str(tmp_path / "v"))
@@ -72,7 +68,7 @@ def test_two_workers_share_a_postgres_study_and_survive_sigkill(tmp_path):
         deadline = time.time() + 300
         completed_before: dict[int, float] = {}
         while time.time() < deadline:
-            trials = _states(pg.url, "shared")
+            trials = study.get_trials(deepcopy=False)
             running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
             done = {t.number: t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
             if done and len(running) == 2:  # the survivor finished a trial and both are mid-trial
@@ -100,7 +96,7 @@ def test_two_workers_share_a_postgres_study_and_survive_sigkill(tmp_path):
     [
         (["--algo", "m3po", "--env", "NoSuchEnv-v0"], "unknown env id 'NoSuchEnv-v0'"),
         (["--algo", "nosuchalgo", "--env", "Pendulum-v1"], "unknown algorithm 'nosuchalgo'"),
-        (["--env", "Pendulum-v1", "-conf", "{tmp}/bad.yml"], "malformed hyperparameter file '{tmp}/bad.yml' at line 3"),
+        (["--env", "Pendulum-v1", "-conf", "{tmp}/bad.yml"], "hyperparameter file '{tmp}/bad.yml': malformed YAML at line 3"),
         (["--env", "Pendulum-v1", "-conf", "{tmp}/list.yml"], "malformed hyperparameter file '{tmp}/list.yml'"),
         (["--env", "Pendulum-v1", "-conf", "{tmp}/missing.yml"], "'{tmp}/missing.yml' does not exist"),
         (

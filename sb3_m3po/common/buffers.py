@@ -162,16 +162,33 @@ class EpisodicReplayBuffer:
     position. Observations are stored as the env produced them before ``VecNormalize``
     and normalised with the current statistics when sampled.
 
+    With ``num_tasks > 1`` every transition also carries its task id, and ``balanced=True``
+    samples the same number of subsequences from every task that has data (the batch is split
+    as evenly as it divides), whatever the tasks' share of the buffer, so no task starves.
+
     :param buffer_size: total capacity (split evenly over envs)
     :param obs_dim: flat observation size
     :param action_dim: action size
     :param n_envs: number of parallel envs
     :param device: torch device of the sampled tensors
+    :param num_tasks: number of tasks (1: single task)
+    :param balanced: per-task balanced sampling when ``num_tasks > 1``
     """
 
-    def __init__(self, buffer_size: int, obs_dim: int, action_dim: int, n_envs: int, device: th.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        buffer_size: int,
+        obs_dim: int,
+        action_dim: int,
+        n_envs: int,
+        device: th.device | str = "cpu",
+        num_tasks: int = 1,
+        balanced: bool = True,
+    ) -> None:
         self.capacity = max(buffer_size // n_envs, 1)
         self.n_envs, self.device = n_envs, device
+        self.num_tasks = num_tasks
+        self.balanced = balanced and num_tasks > 1
         shape = (self.capacity, n_envs)
         self.observations = np.zeros((*shape, obs_dim), dtype=np.float32)
         self.next_observations = np.zeros((*shape, obs_dim), dtype=np.float32)
@@ -179,6 +196,9 @@ class EpisodicReplayBuffer:
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=np.float32)
         self.episode_ids = np.zeros(shape, dtype=np.int64)
+        self.tasks = np.zeros(shape, dtype=np.int64)
+        # stored transitions per (env column, task): the proposal weights of balanced sampling
+        self.task_counts = np.zeros((n_envs, num_tasks), dtype=np.int64)
         self._current_episode = np.arange(n_envs, dtype=np.int64)
         self._next_episode_id = n_envs
         self.pos = 0
@@ -196,8 +216,21 @@ class EpisodicReplayBuffer:
         reward: np.ndarray,
         terminated: np.ndarray,
         done: np.ndarray,
+        task: np.ndarray | None = None,
     ) -> None:
-        """Add one step of all envs; ``done`` (terminated or truncated) closes the episode."""
+        """
+        Add one step of all envs; ``done`` (terminated or truncated) closes the episode.
+
+        :param task: ``(n_envs,)`` task ids (required when ``num_tasks > 1``)
+        """
+        if self.num_tasks > 1:
+            if task is None:
+                raise ValueError("a multi-task replay buffer needs the task id of every transition (task=...)")
+            envs = np.arange(self.n_envs)
+            if self.full:
+                self.task_counts[envs, self.tasks[self.pos]] -= 1
+            self.tasks[self.pos] = task
+            self.task_counts[envs, self.tasks[self.pos]] += 1
         self.observations[self.pos] = obs
         self.next_observations[self.pos] = next_obs
         self.actions[self.pos] = action
@@ -222,6 +255,15 @@ class EpisodicReplayBuffer:
         num_starts = filled - horizon + 1
         if num_starts <= 0:
             raise ValueError(f"replay holds {filled} steps per env, fewer than the horizon {horizon}")
+        if self.balanced:
+            t0, env_idx = self._balanced_starts(batch_size, horizon, oldest, num_starts)
+        else:
+            t0, env_idx = self._uniform_starts(batch_size, horizon, oldest, num_starts)
+        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity  # (H, B)
+        return self._gather(t0, env_idx, time_idx, env)
+
+    def _uniform_starts(self, batch_size: int, horizon: int, oldest: int, num_starts: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions (time, env) drawn uniformly among the subsequences that stay inside one episode."""
         starts_t, starts_e = [], []
         found, attempts = 0, 0
         while found < batch_size:
@@ -238,9 +280,57 @@ class EpisodicReplayBuffer:
             starts_t.append(t0[ok])
             starts_e.append(env_idx[ok])
             found += int(ok.sum())
-        t0 = np.concatenate(starts_t)[:batch_size]
-        env_idx = np.concatenate(starts_e)[:batch_size]
-        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity  # (H, B)
+        return np.concatenate(starts_t)[:batch_size], np.concatenate(starts_e)[:batch_size]
+
+    def _balanced_starts(self, batch_size: int, horizon: int, oldest: int, num_starts: int) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Start positions with equal counts per task (``batch_size // P`` or one more, for the ``P`` tasks with data).
+
+        Rejection sampling, vectorised over all tasks: a candidate for task ``k`` picks an env
+        column in proportion to its stored transitions of task ``k`` and a uniform start, and is
+        kept if the start holds task ``k`` and the subsequence stays inside one episode. Each
+        round proposes about ``missing / acceptance`` candidates per task.
+        """
+        totals = self.task_counts.sum(0)
+        present = np.flatnonzero(totals >= horizon)
+        if len(present) == 0:
+            raise ValueError(f"no task holds {horizon} transitions yet (the horizon); collect more before sampling")
+        quota = np.zeros(self.num_tasks, dtype=np.int64)
+        quota[present] = batch_size // len(present)
+        quota[np.random.choice(present, batch_size % len(present), replace=False)] += 1
+        cumulative = self.task_counts.cumsum(0)  # (n_envs, num_tasks)
+        filled = self.capacity if self.full else self.pos
+        # chance that a uniform start in a column drawn by weight holds the task (1 for one task per column)
+        acceptance = (self.task_counts.astype(np.float64) ** 2).sum(0) / (np.maximum(totals, 1) * filled)
+        found = np.zeros(self.num_tasks, dtype=np.int64)
+        starts_t, starts_e = [], []
+        for _ in range(100):
+            missing = quota - found
+            if not missing.any():
+                break
+            proposals = np.where(missing > 0, np.ceil(1.5 * missing / np.maximum(acceptance, 1e-3)) + 4, 0).astype(np.int64)
+            wanted = np.repeat(np.arange(self.num_tasks), np.minimum(proposals, 100_000))
+            draw = np.random.random(len(wanted)) * totals[wanted]
+            env_idx = (cumulative[:, wanted] <= draw[None, :]).sum(0)
+            t0 = (oldest + np.random.randint(0, num_starts, size=len(wanted))) % self.capacity
+            t_last = (t0 + horizon - 1) % self.capacity
+            ok = (self.tasks[t0, env_idx] == wanted) & (self.episode_ids[t0, env_idx] == self.episode_ids[t_last, env_idx])
+            wanted, t0, env_idx = wanted[ok], t0[ok], env_idx[ok]  # already ordered by task
+            rank = np.arange(len(wanted)) - np.searchsorted(wanted, wanted, side="left")
+            keep = rank < missing[wanted]
+            starts_t.append(t0[keep])
+            starts_e.append(env_idx[keep])
+            found += np.bincount(wanted[keep], minlength=self.num_tasks)
+        else:
+            if (quota - found).any():
+                starving = [int(k) for k in np.flatnonzero(quota > found)]
+                raise ValueError(
+                    f"could not sample subsequences of {horizon} steps inside one episode for task(s) {starving}: "
+                    "are their episodes shorter than the horizon?"
+                )
+        return np.concatenate(starts_t), np.concatenate(starts_e)
+
+    def _gather(self, t0: np.ndarray, env_idx: np.ndarray, time_idx: np.ndarray, env: VecNormalize | None) -> ReplaySamples:
         obs = self.observations[t0, env_idx]
         next_obs = self.next_observations[time_idx, env_idx[None, :]]
         rewards = self.rewards[time_idx, env_idx[None, :]]

@@ -68,12 +68,17 @@ def make_metaworld(task: str, seed: int | None = None, **kwargs: Any) -> gym.Env
 
 def register_envs() -> None:
     """
-    Register ``metaworld/<task>-v3`` for the 50 Meta-World v3 tasks (MT1) and import shimmy's ``dm_control/...`` ids.
+    Register ``metaworld/<task>-v3`` for the 50 Meta-World v3 tasks (MT1), import shimmy's ``dm_control/...`` ids
+    and register the multi-task ids (``m3po/MT10-v0``, ... see :mod:`sb3_m3po.common.multitask`).
 
     Safe to call more than once.
     """
     import shimmy  # noqa: F401  (registers the dm_control ids)
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from sb3_m3po.common.multitask import register_multitask_envs
+
+    register_multitask_envs()
 
     for task in ALL_V3_ENVIRONMENTS:
         env_id = f"metaworld/{task}"

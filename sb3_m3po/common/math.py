@@ -3,11 +3,13 @@
 Each function is free of module state so it can be unit-tested alone.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch as th
 import torch.nn.functional as F
+from torch.distributions import Normal
 
 
 def symlog(x: th.Tensor) -> th.Tensor:
@@ -129,20 +131,85 @@ def mppi_refit(
     return MPPIRefit(mean, std, elite_actions, elite_values, weights)
 
 
-def exploration_bonus(q_mb: th.Tensor, q_mf: th.Tensor, clip: float) -> tuple[th.Tensor, th.Tensor]:
+def exploration_bonus(
+    q_mb: th.Tensor,
+    q_mf: th.Tensor,
+    clip: float,
+    groups: th.Tensor | None = None,
+    num_groups: int = 1,
+) -> tuple[th.Tensor, th.Tensor]:
     """
     Hybrid exploration bonus from the gap between model-based and model-free one-step values.
 
-    :param q_mb: ``R(z, a) + gamma * V(d(z, a))``
-    :param q_mf: ``r + gamma * (1 - terminated) * V(h(s'))``
+    :param q_mb: ``R(z, a) + gamma * V(d(z, a))``, shape ``(N,)``
+    :param q_mf: ``r + gamma * (1 - terminated) * V(h(s'))``, shape ``(N,)``
     :param clip: upper clip of the z-scored gap
-    :return: raw gap ``|q_mb - q_mf|`` and its batch z-score clipped to ``[0, clip]``
+    :param groups: optional ``(N,)`` group ids (tasks): z-score within each group instead of over the batch
+    :param num_groups: number of groups (ids in ``[0, num_groups)``)
+    :return: raw gap ``|q_mb - q_mf|`` and its z-score clipped to ``[0, clip]``
     """
     eps = (q_mb - q_mf).abs()
-    if eps.numel() < 2:
-        return eps, th.zeros_like(eps)
-    normalised = (eps - eps.mean()) / (eps.std() + 1e-8)
+    if groups is None:
+        if eps.numel() < 2:
+            return eps, th.zeros_like(eps)
+        normalised = (eps - eps.mean()) / (eps.std() + 1e-8)
+        return eps, normalised.clamp(0.0, clip)
+    mean, std = group_mean_std(eps, groups, num_groups)
+    # a group with a single element has std 0 and a gap of 0 to its mean: its bonus is 0
+    normalised = (eps - mean[groups]) / (std[groups] + 1e-8)
     return eps, normalised.clamp(0.0, clip)
+
+
+def group_mean_std(x: th.Tensor, groups: th.Tensor, num_groups: int) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Mean and (unbiased) std of ``x`` within each group, vectorised with ``index_add``.
+
+    :param x: ``(N,)`` values
+    :param groups: ``(N,)`` integer ids in ``[0, num_groups)``
+    :return: ``(num_groups,)`` means and stds (0 for groups with fewer than 2 elements)
+    """
+    count = th.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, th.ones_like(x))
+    total = th.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, x)
+    mean = total / count.clamp(min=1)
+    sq = th.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, (x - mean[groups]) ** 2)
+    std = (sq / (count - 1).clamp(min=1)).sqrt() * (count > 1)
+    return mean, std
+
+
+def masked_gaussian_log_prob(x: th.Tensor, mean: th.Tensor, std: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """
+    Log-density of a diagonal Gaussian summed over the valid dimensions of the last axis.
+
+    Masked dimensions contribute nothing whatever ``x``, ``mean`` and ``std`` hold there
+    (a masked std may be 0, as MPPI's refit leaves it).
+
+    :param x: ``(..., A)`` points
+    :param mean: ``(..., A)``
+    :param std: ``(..., A)``
+    :param mask: optional ``(..., A)`` of 0/1, 1 on valid dimensions
+    :return: ``(...)``
+    """
+    if mask is None:
+        return Normal(mean, std, validate_args=False).log_prob(x).sum(-1)
+    valid = mask > 0
+    safe_std = th.where(valid, std, th.ones_like(std))
+    log_prob = Normal(th.where(valid, mean, x), safe_std, validate_args=False).log_prob(x)
+    return (log_prob * mask).sum(-1)
+
+
+def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """
+    Entropy of a diagonal Gaussian over the valid dimensions of the last axis: ``sum_valid 0.5 log(2 pi e std^2)``.
+
+    :param std: ``(..., A)``
+    :param mask: optional ``(..., A)`` of 0/1
+    :return: ``(...)``
+    """
+    if mask is None:
+        return (0.5 + 0.5 * math.log(2 * math.pi) + th.log(std)).sum(-1)
+    valid = mask > 0
+    entropy = 0.5 + 0.5 * math.log(2 * math.pi) + th.log(th.where(valid, std, th.ones_like(std)))
+    return (entropy * mask).sum(-1)
 
 
 def importance_corrected_gae(

@@ -1,6 +1,9 @@
-"""Observation handling shared by the algorithm and the policy."""
+"""Observation handling shared by the algorithm and the policy; reading the YAML files users give."""
+
+from typing import Any
 
 import numpy as np
+import yaml
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
 
@@ -71,3 +74,21 @@ def real_next_observation(
         else:
             next_obs[i] = terminal
     return next_obs
+
+
+def load_yaml(path: str) -> Any:
+    """
+    Parse a YAML file, turning a syntax error into a one-line message with its line number.
+
+    :param path: file to read
+    :return: the parsed document
+    :raises ValueError: ``"malformed YAML at line N: <problem>"`` if the file does not parse
+    """
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"malformed YAML{line}: {problem}") from None

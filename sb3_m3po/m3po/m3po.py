@@ -18,7 +18,9 @@ from stable_baselines3.common.utils import FloatSchedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
-from sb3_m3po.common.math import exploration_bonus
+from sb3_m3po.common.callbacks import TaskEpisodeStats
+from sb3_m3po.common.math import exploration_bonus, group_mean_std
+from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
@@ -82,6 +84,10 @@ class M3PO(PPO):
     :param bonus_anneal_fraction: fraction of training over which alpha decays linearly to 0
     :param rho_bar: truncation of the policy-gradient importance weight
     :param c_bar: truncation of the trace importance weight
+    :param balanced_replay: multi-task: sample the same number of world-model subsequences from every task
+    :param bonus_per_task: multi-task: z-score the bonus within each task instead of over the whole rollout.
+        On MT10 the tasks' raw gaps differ by 50-3000x, and a rollout-wide z-score gave one or two tasks
+        most of the bonus and the others none; per task, every task gets its own share
     :param stats_window_size: window of the rollout statistics
     :param tensorboard_log: tensorboard log folder (None: off)
     :param policy_kwargs: extra policy arguments (``model_size``, ``num_q``, ...)
@@ -142,6 +148,8 @@ class M3PO(PPO):
         bonus_anneal_fraction: float = 0.5,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        balanced_replay: bool = True,
+        bonus_per_task: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -202,11 +210,16 @@ class M3PO(PPO):
         self.bonus_anneal_fraction = bonus_anneal_fraction
         self.rho_bar = rho_bar
         self.c_bar = c_bar
+        self.balanced_replay = balanced_replay
+        self.bonus_per_task = bonus_per_task
+        self.task_names: tuple[str, ...] | None = None
+        self._task_stats: TaskEpisodeStats | None = None
         self._plan: th.Tensor | None = None
         self._last_original_obs: np.ndarray | None = None
         self._validate_hyperparameters()
         if self.env is not None:  # load() builds the model without an env and restores the spaces later
             self._check_spaces()
+            self._setup_tasks(self.env)
         if _init_setup_model:
             self._setup_model()
 
@@ -262,6 +275,36 @@ class M3PO(PPO):
                     f"got {obs_space}; flatten the observations first"
                 )
 
+    def _setup_tasks(self, env: VecEnv) -> None:
+        """
+        Multi-task env (:mod:`sb3_m3po.common.multitask`): fill ``num_tasks`` and ``task_action_dims``
+        of the policy kwargs from its task set and spread cycling envs over the tasks.
+
+        :raises ValueError: if given policy kwargs or a loaded model disagree with the env's task set
+        """
+        spec = get_task_set_spec(env)
+        if spec is None:
+            if self.policy_kwargs.get("num_tasks", 1) > 1 and self.task_names is not None:
+                raise ValueError(f"this M3PO model was trained on {len(self.task_names)} tasks; give it a multi-task env")
+            return
+        given = {"num_tasks": spec.num_tasks, "task_action_dims": list(spec.action_dims)}
+        for key, value in given.items():
+            if key in self.policy_kwargs and self.policy_kwargs[key] != value:
+                raise ValueError(
+                    f"policy_kwargs[{key!r}]={self.policy_kwargs[key]!r} does not match the env's task set "
+                    f"({value!r}); leave it out, M3PO reads it from the env"
+                )
+        if self.task_names is not None and tuple(spec.names) != tuple(self.task_names):
+            raise ValueError(f"the env holds tasks {spec.names}, but this model was trained on {self.task_names}")
+        # a copy: the caller's dict stays as it was
+        self.policy_kwargs = {**self.policy_kwargs, **given}
+        self.task_names = tuple(spec.names)
+        configure_task_schedule(env)
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)
+        self._setup_tasks(self.env)  # type: ignore[arg-type]
+
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
@@ -288,8 +331,17 @@ class M3PO(PPO):
             c_bar=self.c_bar,
         )
         self.replay_buffer = EpisodicReplayBuffer(
-            self.buffer_size, self.policy.obs_dim, self.policy.action_dim, self.n_envs, self.device
+            self.buffer_size,
+            self.policy.obs_dim,
+            self.policy.action_dim,
+            self.n_envs,
+            self.device,
+            num_tasks=self.policy.num_tasks,
+            balanced=self.balanced_replay,
         )
+        if self.task_names is not None:
+            self.task_names = tuple(self.task_names)  # a list after load() (saved as JSON)
+        self._task_stats = None if self.task_names is None else TaskEpisodeStats(self.task_names, self._stats_window_size)
         self._plan = None
         # Same schedule handling as PPO
         self.clip_range = FloatSchedule(self.clip_range)
@@ -297,7 +349,7 @@ class M3PO(PPO):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_plan", "_last_original_obs"]
+        return [*super()._excluded_save_params(), "_plan", "_last_original_obs", "_task_stats"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer", "policy.wm_optimizer"], []
@@ -398,6 +450,7 @@ class M3PO(PPO):
                 original_rewards,
                 terminated,
                 dones,
+                None if self.task_names is None else task_ids_from_obs(original_obs, len(self.task_names)),
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
@@ -428,7 +481,9 @@ class M3PO(PPO):
             q_mb = wm.reward(z, actions, task).squeeze(-1) + self.gamma * model_next_value
             rewards = flat(buf.rewards)
             q_mf = rewards + self.gamma * (1.0 - flat(buf.terminated)) * next_value
-            eps, eps_norm = exploration_bonus(q_mb, q_mf, self.bonus_clip)
+            per_task = self.bonus_per_task and task is not None
+            num_tasks = self.policy.num_tasks
+            eps, eps_norm = exploration_bonus(q_mb, q_mf, self.bonus_clip, task if per_task else None, num_tasks)
         shape = buf.rewards.shape
         to_np = lambda x: x.cpu().numpy().reshape(shape)  # noqa: E731
         buf.next_values, buf.q_mb, buf.q_mf = to_np(next_value), to_np(q_mb), to_np(q_mf)
@@ -444,12 +499,36 @@ class M3PO(PPO):
         self.logger.record("train/q_mf_mean", float(q_mf.mean()))
         self.logger.record("train/mppi_std", mppi_std)
         self.logger.record("train/is_weight_mean", float(np.minimum(self.rho_bar, weights).mean()))
+        if task is not None and self.task_names is not None:
+            # the scale of every task's raw bonus, to see whether one task would swamp a batch z-score
+            task_means, task_stds = group_mean_std(eps, task, num_tasks)
+            normalised_means, _ = group_mean_std(eps_norm, task, num_tasks)
+            present = th.bincount(task, minlength=num_tasks) > 0
+            for k in present.nonzero().flatten().tolist():
+                self.logger.record(f"train/{self.task_names[k]}/bonus_mean", float(task_means[k]))
+                self.logger.record(f"train/{self.task_names[k]}/bonus_std", float(task_stds[k]))
+                self.logger.record(f"train/{self.task_names[k]}/bonus_normalised_mean", float(normalised_means[k]))
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:
         """PPO epochs on the prior and value function, then world-model gradient steps."""
+        # PPO clips the gradient norm over all policy parameters, world model included: the
+        # world model's gradients left from its last step must not count (nor be clipped)
+        self.policy.zero_grad(set_to_none=True)
         super().train()
         self._train_world_model()
+
+    # ------------------------------------------------------------------ per-task metrics
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        super()._update_info_buffer(infos, dones)
+        if self._task_stats is not None and dones is not None:
+            self._task_stats.update(infos, dones)
+
+    def dump_logs(self, iteration: int = 0) -> None:
+        """SB3's rollout and time statistics, plus per-task returns and success rates of multi-task envs."""
+        if self._task_stats is not None:
+            self._task_stats.record(self.logger)
+        super().dump_logs(iteration)
 
     def _train_world_model(self) -> None:
         if self.replay_buffer.size() < max(self.learning_starts, 1):

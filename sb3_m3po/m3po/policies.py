@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from sb3_m3po.common.layers import mlp
+from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob
 from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
 from sb3_m3po.m3po.planner import MPPIPlanner, PlannerConfig, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
@@ -62,8 +63,12 @@ class M3POPolicy(BasePolicy):
     :param vmin: lowest bin (symlog space)
     :param vmax: highest bin (symlog space)
     :param simnorm_dim: SimNorm group size
-    :param num_tasks: number of tasks (1: no task embedding)
+    :param num_tasks: number of tasks (1: single task, no task embedding). With ``num_tasks > 1`` the
+        observations follow the multi-task convention of :mod:`sb3_m3po.common.multitask`: the last
+        ``num_tasks`` entries are the one-hot task id, which the encoder replaces by the task embedding
     :param task_dim: task embedding size
+    :param task_action_dims: action size of every task (``num_tasks`` entries, None: all use the full
+        action); the other action dimensions are masked in the prior, the planner and execution
     :param log_std_init: initial log std of the prior
     :param planner: MPPI settings
     :param use_planner: plan with MPPI (True) or act with the prior alone (False)
@@ -90,6 +95,7 @@ class M3POPolicy(BasePolicy):
         simnorm_dim: int = 8,
         num_tasks: int = 1,
         task_dim: int = 16,
+        task_action_dims: list[int] | None = None,
         log_std_init: float = 0.0,
         planner: PlannerConfig | None = None,
         use_planner: bool = True,
@@ -128,11 +134,31 @@ class M3POPolicy(BasePolicy):
         self.wm_learning_rate, self.enc_lr_scale = wm_learning_rate, enc_lr_scale
         self.obs_dim = check_observation_space(observation_space)
         self.action_dim = int(np.prod(action_space.shape))
+        self.task_action_dims = self._check_tasks(num_tasks, task_action_dims)
         self._build(lr_schedule)
 
+    def _check_tasks(self, num_tasks: int, task_action_dims: list[int] | None) -> list[int] | None:
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        if num_tasks > 1 and self.obs_dim <= num_tasks:
+            raise ValueError(
+                f"num_tasks={num_tasks} needs observations that end with a {num_tasks}-entry one-hot task id "
+                f"after the task's own observation, but the observation has only {self.obs_dim} entries"
+            )
+        if task_action_dims is None:
+            return None
+        dims = [int(d) for d in task_action_dims]
+        if len(dims) != num_tasks or not all(1 <= d <= self.action_dim for d in dims):
+            raise ValueError(
+                f"task_action_dims must give {num_tasks} action sizes in [1, {self.action_dim}] (one per task), got {dims}"
+            )
+        return dims
+
     def _build(self, lr_schedule: Schedule) -> None:
+        # multi-task: the encoder sees the padded observation without the one-hot (the embedding carries the task)
+        task_id_dims = self.num_tasks if self.num_tasks > 1 else 0
         self.world_model = WorldModel(
-            self.obs_dim,
+            self.obs_dim - task_id_dims,
             self.action_dim,
             latent_dim=self.latent_dim,
             enc_dim=self.enc_dim,
@@ -153,6 +179,12 @@ class M3POPolicy(BasePolicy):
         nn.init.orthogonal_(self.actor[-1].weight, gain=0.01)
         nn.init.zeros_(self.actor[-1].bias)
         self.planner = MPPIPlanner(self.planner_config)
+        masks = None
+        if self.task_action_dims is not None:
+            masks = (th.arange(self.action_dim)[None, :] < th.tensor(self.task_action_dims)[:, None]).float()
+        # (num_tasks, action_dim) 0/1, derived from the constructor arguments, so not saved in the state dict
+        self.action_masks: th.Tensor | None
+        self.register_buffer("action_masks", masks, persistent=False)
         prior_params = [*self.actor.parameters(), *self.value_net.parameters(), self.log_std]
         self.optimizer = self.optimizer_class(prior_params, lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         wm = self.world_model
@@ -184,6 +216,7 @@ class M3POPolicy(BasePolicy):
             simnorm_dim=self.simnorm_dim,
             num_tasks=self.num_tasks,
             task_dim=self.task_dim,
+            task_action_dims=self.task_action_dims,
             log_std_init=self.log_std_init,
             planner=self.planner_config,
             use_planner=self.use_planner,
@@ -193,9 +226,23 @@ class M3POPolicy(BasePolicy):
         )
         return data
 
-    # --- task ids: single-task policies have none; multi-task subclasses read them from the observation
+    # --- task ids and action masks (multi-task convention of sb3_m3po.common.multitask)
     def task_ids(self, obs: th.Tensor) -> th.Tensor | None:
-        return None
+        """
+        Task ids ``(...)`` read from the one-hot at the end of the observations ``(..., obs_dim)`` (None for one task).
+
+        The argmax is unchanged by ``VecNormalize``, which normalises every entry of the one-hot
+        with increasing affine maps, so the ids stay right on normalised observations.
+        """
+        if self.num_tasks == 1:
+            return None
+        return obs[..., -self.num_tasks :].argmax(-1)
+
+    def action_mask(self, task: th.Tensor | None) -> th.Tensor | None:
+        """``(..., action_dim)`` 0/1 mask of the valid action dims of ``task`` ``(...)`` (None: all valid)."""
+        if self.action_masks is None or task is None:
+            return None
+        return self.action_masks[task]
 
     # --- LatentModel protocol used by the planner
     def next(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None) -> th.Tensor:
@@ -210,20 +257,43 @@ class M3POPolicy(BasePolicy):
     def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor:
         mean = self.prior_mean(z, task)
         noise = th.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        mask = self.action_mask(task)
+        if mask is not None:
+            noise = noise * mask
         return mean + self.log_std.exp() * noise
 
     # --- prior and value
+    def _head_input(self, z: th.Tensor, task: th.Tensor | None) -> th.Tensor:
+        # Detached latent and task embedding: PPO trains the prior and value heads, and only the
+        # world-model losses shape the encoder and the embedding
+        return self.world_model.with_task(z, task).detach()
+
     def prior_mean(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        """Prior mean in ``[-1, 1]``, 0 on the masked action dims of multi-task policies."""
         # tanh keeps the mean inside the action bounds: the planner's terminal value and the TD
         # targets evaluate Q at this action, and Q is only trained on executed (in-bounds) actions
-        return th.tanh(self.actor(self.world_model.with_task(z.detach(), task)))
+        mean = th.tanh(self.actor(self._head_input(z, task)))
+        mask = self.action_mask(task)
+        return mean if mask is None else mean * mask
 
     def prior_distribution(self, z: th.Tensor, task: th.Tensor | None = None) -> Normal:
+        """
+        The prior Gaussian over all action dims; use :meth:`prior_log_prob` and :meth:`prior_entropy`,
+        which count the valid dims only.
+        """
         mean = self.prior_mean(z, task)
         return Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
 
+    def prior_log_prob(self, dist: Normal, actions: th.Tensor, task: th.Tensor | None) -> th.Tensor:
+        """Log-probability of ``actions`` summed over the task's valid action dims."""
+        return masked_gaussian_log_prob(actions, dist.mean, dist.stddev, self.action_mask(task))
+
+    def prior_entropy(self, dist: Normal, task: th.Tensor | None) -> th.Tensor:
+        """Entropy summed over the task's valid action dims."""
+        return masked_gaussian_entropy(dist.stddev, self.action_mask(task))
+
     def value(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        return self.value_net(self.world_model.with_task(z.detach(), task))
+        return self.value_net(self._head_input(z, task))
 
     def encode(self, obs: th.Tensor) -> th.Tensor:
         return self.world_model.encode(obs, self.task_ids(obs))
@@ -242,21 +312,25 @@ class M3POPolicy(BasePolicy):
         :param init_plan: ``(B, H, A)`` warm start (already shifted and reset)
         """
         task = self.task_ids(obs)
+        mask = self.action_mask(task)
         z = self.world_model.encode(obs, task)
         prior = self.prior_distribution(z, task)
         if self.use_planner:
-            result = self.planner.plan(self, z, init_plan, task, deterministic=deterministic, generator=generator)
+            result = self.planner.plan(
+                self, z, init_plan, task, action_mask=mask, deterministic=deterministic, generator=generator
+            )
             action, plan, std = result.action, result.plan, result.std
-            behaviour_log_prob = Normal(result.mean, result.std, validate_args=False).log_prob(action).sum(-1)
+            # the refit leaves std 0 on masked dims: they are excluded from the density
+            behaviour_log_prob = masked_gaussian_log_prob(action, result.mean, result.std, mask)
         else:
             if deterministic:
                 action = prior.mean
             else:
                 noise = th.randn(prior.mean.shape, generator=generator, device=obs.device, dtype=obs.dtype)
-                action = prior.mean + prior.stddev * noise
-            plan, std = init_plan, prior.stddev
+                action = prior.mean + prior.stddev * (noise if mask is None else noise * mask)
+            plan, std = init_plan, prior.stddev if mask is None else prior.stddev * mask
             behaviour_log_prob = None
-        log_prob = prior.log_prob(action).sum(-1)
+        log_prob = self.prior_log_prob(prior, action, task)
         return ActResult(
             action,
             self.value(z, task),
@@ -280,7 +354,7 @@ class M3POPolicy(BasePolicy):
         with th.no_grad():
             z = self.world_model.encode(obs, task)
         dist = self.prior_distribution(z, task)
-        return self.value(z, task), dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+        return self.value(z, task), self.prior_log_prob(dist, actions, task), self.prior_entropy(dist, task)
 
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
         return self.value(self.encode(obs), self.task_ids(obs))

@@ -75,16 +75,29 @@ class WorldModel(nn.Module):
         self.target_q_ensemble = copy.deepcopy(self.q_ensemble).requires_grad_(False)
 
     def with_task(self, x: th.Tensor, task: th.Tensor | None) -> th.Tensor:
-        """Concatenate the task embedding to ``x`` (broadcast over the leading dims of ``x``)."""
+        """
+        Concatenate the task embedding to ``x``.
+
+        ``task`` has the leading shape of ``x``, or fewer dims: time-major ``x`` ``(H, B, ...)`` with
+        ``task`` ``(B,)`` (the world-model losses) broadcasts over the first dims; otherwise the
+        embedding broadcasts over the dims after the task's (``x`` ``(B, N, ...)``, ``task`` ``(B,)``).
+        """
         if self.task_embedding is None:
             return x
         assert task is not None, "a multi-task world model needs task ids"
         emb = self.task_embedding(task)
+        lead = x.shape[:-1]
+        if task.dim() < len(lead) and tuple(task.shape) == tuple(lead[len(lead) - task.dim() :]):
+            emb = emb.view(*([1] * (len(lead) - task.dim())), *emb.shape)
         while emb.dim() < x.dim():
             emb = emb.unsqueeze(-2)
         return th.cat([x, emb.expand(*x.shape[:-1], emb.shape[-1])], dim=-1)
 
     def encode(self, obs: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        if self.task_embedding is not None and obs.shape[-1] == self.obs_dim + self.num_tasks:
+            # multi-task observations end with the one-hot task id (sb3_m3po.common.multitask);
+            # the embedding carries the task, so the encoder sees the padded observation only
+            obs = obs[..., : self.obs_dim]
         return self.encoder(self.with_task(obs, task))
 
     def next(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:

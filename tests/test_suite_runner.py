@@ -1,0 +1,180 @@
+"""Benchmark suite runner (``benchmarks/suite.py``) end to end on a tiny suite: real envs, real rl-zoo3 runs."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(REPO, "benchmarks", "suite.py")
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("benchmark_suite", RUNNER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+suite_runner = load_runner()
+
+
+def tiny_suite(tiny: dict) -> dict:
+    """Pendulum at 300 steps, M3PO with the test suite's tiny hyperparameters and a small-rollout PPO."""
+    return {
+        "description": "test suite",
+        "seeds": [0],
+        "tasks": {
+            "pendulum": {
+                "env": "Pendulum-v1",
+                "sim_steps": 300,
+                "eval_every": 100,
+                "eval_episodes": 1,
+                "score": "return",
+                "score_range": [-1600, 0],
+            }
+        },
+        "algorithms": {
+            "m3po_tiny": {"algo": "m3po", "params": {**tiny, "n_envs": 1}},
+            "ppo": {"algo": "ppo", "params": {"n_steps": 256, "batch_size": 64, "n_epochs": 2}},  # evaluates past 300
+        },
+    }
+
+
+def write_suite(path, content: dict) -> str:
+    with open(path, "w") as f:
+        yaml.safe_dump(content, f)
+    return str(path)
+
+
+def run_runner(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    return subprocess.run([sys.executable, RUNNER, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
+    suite_file = write_suite(tmp_path / "tiny.yml", tiny_suite(tiny))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    folders = ["--results-dir", str(results), "--runs-dir", str(runs)]
+    leftover = runs / "pendulum" / "ppo" / "seed0" / "from_an_interrupted_attempt.txt"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("")
+
+    out = run_runner(suite_file, "--workers", "2", *folders)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 to run" in out.stdout
+    assert not leftover.exists(), "a run without a record restarts from a clean folder"
+    for algo in ["m3po_tiny", "ppo"]:
+        with open(results / "raw" / "pendulum" / f"{algo}_seed0.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["sim_steps"]) for r in rows] == [100, 200, 300]
+        with open(results / "raw" / "pendulum" / f"{algo}_seed0.json") as f:
+            record = json.load(f)
+        assert record["final_sim_steps"] == 300 and record["n_evaluations"] == 3
+        assert record["final_score"] == pytest.approx(float(rows[-1]["score"]), rel=1e-5)
+        assert -2000 < record["final_score"] <= 0
+        assert record["wall_seconds"] > 0 and record["sim_steps_per_second"] > 0
+        assert record["commit"] and "cores" in record["machine"] and record["device"]
+        assert str(tmp_path) not in json.dumps(record), "no machine-specific path in the record"
+        assert record["command"].startswith("python -m sb3_m3po.train --algo ")
+        assert os.path.isfile(runs / "pendulum" / algo / "seed0" / "train.log")
+    with open(results / "raw" / "pendulum" / "m3po_tiny_seed0.json") as f:
+        assert "num_samples:16" in json.load(f)["command"], "the algorithm's params reach rl-zoo3"
+    with open(results / "runs.csv") as f:
+        assert sorted(r["algorithm"] for r in csv.DictReader(f)) == ["m3po_tiny", "ppo"]
+    summary = (results / "summary.md").read_text()
+    for needle in ["## Final score", "## Aggregate (rliable)", "| m3po_tiny | 1 |", "## Runs", "sim steps/s"]:
+        assert needle in summary, needle
+    for png in ["learning_curves.png", "aggregate.png"]:
+        assert (results / png).stat().st_size > 10_000, png
+
+    # A second invocation finds both runs finished and trains nothing.
+    mtime = os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json")
+    again = run_runner(suite_file, *folders)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 finished, 0 to run" in again.stdout
+    assert os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json") == mtime
+
+    # A changed suite never overwrites a finished run: the runner stops and names the record.
+    changed = tiny_suite(tiny)
+    changed["tasks"]["pendulum"]["sim_steps"] = 400
+    write_suite(tmp_path / "tiny.yml", changed)
+    refused = run_runner(suite_file, "--only-algos", "ppo", *folders)
+    assert refused.returncode == 2
+    assert "pendulum/ppo/seed0 has a finished record" in refused.stderr and "another configuration" in refused.stderr
+    assert os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json") == mtime
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s["tasks"]["pendulum"].update(eval_freq=100),
+            "task 'pendulum': unknown key 'eval_freq' (did you mean 'eval_every'?)",
+        ),
+        (lambda s: s["tasks"]["pendulum"].pop("sim_steps"), "task 'pendulum': missing required field(s) 'sim_steps'"),
+        (lambda s: s["algorithms"]["ppo"].pop("algo"), "algorithm 'ppo': missing required field(s) 'algo'"),
+        (lambda s: s.pop("seeds"), "missing required field(s) 'seeds'"),
+        (lambda s: s.update(seed=[0]), "unknown key 'seed' (did you mean 'seeds'?)"),
+        (lambda s: s["tasks"]["pendulum"].update(score="reward"), "'score' must be one of return, success"),
+        (lambda s: s["tasks"]["pendulum"].update(sim_steps=250), "must be a multiple of 'eval_every'"),
+        (lambda s: s["algorithms"]["ppo"].update(extra_args=["--seed", "3"]), "sets --seed, which the runner sets itself"),
+    ],
+)
+def test_bad_suite_file_names_the_problem(tmp_path, tiny, change, message):
+    content = tiny_suite(tiny)
+    change(content)
+    path = write_suite(tmp_path / "bad.yml", content)
+    with pytest.raises(suite_runner.SuiteError) as error:
+        suite_runner.load_suite(path)
+    assert message in str(error.value)
+    assert "bad.yml" in str(error.value)
+
+
+def test_bad_suite_on_the_command_line_is_one_line(tmp_path, tiny):
+    (tmp_path / "broken.yml").write_text("seeds: [0]\ntasks: {pendulum: {env: Pendulum-v1\n")
+    out = run_runner(str(tmp_path / "broken.yml"), "--runs-dir", str(tmp_path / "runs"))
+    assert out.returncode == 2
+    assert out.stderr.startswith("benchmarks/suite.py: error: suite file 'broken.yml': malformed YAML at line")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists(), "nothing starts from a bad suite"
+    out = run_runner("no-such-suite")
+    assert out.returncode == 2 and "unknown suite 'no-such-suite'" in out.stderr and "smoke" in out.stderr
+
+
+def test_action_repeat_must_match_the_hyperparameter_files(tmp_path, tiny):
+    content = tiny_suite(tiny)
+    content["tasks"]["pendulum"]["env"] = "dm_control/cartpole-swingup-v0"  # hyperparams/*.yml repeat 2
+    suite = suite_runner.load_suite(write_suite(tmp_path / "repeat.yml", content))
+    with pytest.raises(suite_runner.SuiteError, match="with hyperparams/m3po.yml repeats actions 2 time"):
+        suite_runner.check_suite_environment(suite)
+    content["tasks"]["pendulum"].update(action_repeat=2, sim_steps=400, eval_every=200)
+    suite_runner.check_suite_environment(suite_runner.load_suite(write_suite(tmp_path / "repeat.yml", content)))
+
+
+def test_evaluations_must_land_on_the_suite_steps_with_several_envs(tmp_path, tiny):
+    content = tiny_suite(tiny)
+    content["algorithms"]["m3po_tiny"]["params"]["n_envs"] = 3  # rl-zoo3 would evaluate at 99, 198, 297
+    suite = suite_runner.load_suite(write_suite(tmp_path / "envs.yml", content))
+    with pytest.raises(suite_runner.SuiteError, match="= 100 decisions is not a multiple of n_envs 3"):
+        suite_runner.check_suite_environment(suite)
+
+
+def test_failed_run_is_reported_and_leaves_no_record(tmp_path, tiny):
+    content = tiny_suite(tiny)
+    content["algorithms"] = {"m3po_bad": {"algo": "m3po", "params": {**tiny, "n_envs": 1, "bonus_clip": -1.0}}}
+    results = tmp_path / "results"
+    out = run_runner(
+        write_suite(tmp_path / "fails.yml", content), "--results-dir", str(results), "--runs-dir", str(tmp_path / "runs")
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "pendulum/m3po_bad/seed0: exit code 1: ValueError" in out.stderr and "bonus_clip" in out.stderr
+    assert not (results / "raw").exists()
+    assert "Finished runs: 0 of 1" in (results / "summary.md").read_text()
