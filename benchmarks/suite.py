@@ -287,6 +287,8 @@ class RunRecord:
     :param finished_at: UTC time the run ended
     :param command: the training command (paths relative to the repository)
     :param run_folder: the rl-zoo3 run folder (models, ``evaluations.npz``, tensorboard)
+    :param peak_rss_mib: peak resident memory of the training process (``VmHWM``; None where not measured)
+    :param per_task_final: multi-task envs: final score of every task (task name -> score), None otherwise
     """
 
     suite: str
@@ -306,6 +308,8 @@ class RunRecord:
     finished_at: str
     command: str
     run_folder: str
+    peak_rss_mib: float | None = None
+    per_task_final: dict[str, float] | None = None
 
 
 class Curve(NamedTuple):
@@ -723,6 +727,39 @@ def read_curve(npz_path: str, task: Task) -> Curve:
     )
 
 
+def read_per_task_final(npz_path: str, task: Task) -> dict[str, float] | None:
+    """
+    Score of every task at the last evaluation within the budget, for multi-task envs.
+
+    ``sb3-m3po train`` records the task of every evaluation episode (``tasks``, ``task_names`` in
+    ``evaluations.npz``, see :class:`sb3_m3po.common.callbacks.TaskAwareEvalCallback`).
+
+    :return: task name -> mean success (or return) of its episodes, None for single-task envs
+    """
+    data = np.load(npz_path)
+    if "tasks" not in data.files or "task_names" not in data.files:
+        return None
+    decisions = np.asarray(data["timesteps"], dtype=np.int64)
+    last = int(np.flatnonzero(decisions <= task.decisions)[-1])
+    tasks = np.asarray(data["tasks"])[last]
+    values = data["successes"] if task.score == "success" else data["results"]
+    values = np.asarray(values, dtype=np.float64).reshape(len(decisions), -1)[last]
+    names = [str(n) for n in data["task_names"]]
+    return {names[k]: float(values[tasks == k].mean()) for k in sorted(set(tasks.tolist()))}
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """Peak resident memory (``VmHWM``) of a live process in MiB, None if it cannot be read (ended, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def write_curve_csv(path: str, run: Run, curve: Curve) -> None:
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -778,7 +815,15 @@ def load_record(path: str) -> RunRecord:
 
 
 def finish_run(
-    run: Run, layout: Layout, suite: Suite, command: list[str], wall_seconds: float, commit: str, machine: str, device: str
+    run: Run,
+    layout: Layout,
+    suite: Suite,
+    command: list[str],
+    wall_seconds: float,
+    commit: str,
+    machine: str,
+    device: str,
+    peak_rss: float | None = None,
 ) -> RunRecord:
     """
     Turn a run folder whose process exited cleanly into its curve CSV and record.
@@ -791,6 +836,7 @@ def finish_run(
     :param commit: :func:`code_version` when the run started
     :param machine: :func:`machine_description`
     :param device: :func:`device_description`
+    :param peak_rss: peak resident memory of the training process in MiB (None: not measured)
     :raises ValueError: if the run did not reach its budget (e.g. interrupted: rl-zoo3 then still exits 0)
     """
     folder = layout.run_folder(run)
@@ -820,6 +866,8 @@ def finish_run(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=" ".join(_shell_word(shown_path(a) if a.startswith(folder) else a) for a in ["python", *command]),
         run_folder=shown_path(os.path.dirname(found[0])),
+        peak_rss_mib=None if peak_rss is None else round(peak_rss, 1),
+        per_task_final=read_per_task_final(found[0], run.task),
     )
     _write_atomic(layout.record_path(run), json.dumps(dataclasses.asdict(record), indent=1) + "\n")
     return record
@@ -927,6 +975,7 @@ class _Active:
     command: list[str]
     commit: str
     progress_id: Any
+    peak_rss: float | None = None
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -1003,6 +1052,8 @@ def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads
                     progress.update(item.progress_id, completed=done)
                     code = item.process.poll()
                     if code is None:
+                        # a high-water mark: the last reading before the process ends is (almost) its peak
+                        item.peak_rss = peak_rss_mib(item.process.pid) or item.peak_rss
                         continue
                     active.remove(item)
                     item.log.close()
@@ -1012,7 +1063,9 @@ def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads
                     try:
                         if code != 0:
                             raise ValueError(f"exit code {code}: {_last_line(item.log.name)}")
-                        record = finish_run(item.run, layout, suite, item.command, wall, item.commit, machine, shown_device)
+                        record = finish_run(
+                            item.run, layout, suite, item.command, wall, item.commit, machine, shown_device, item.peak_rss
+                        )
                     except (ValueError, OSError, KeyError) as e:
                         failed.append(f"{item.run.label}: {e} (log: {_console_path(item.log.name)})")
                         progress.console.print(f"failed {failed[-1]}", style="red", soft_wrap=True, markup=False)
@@ -1305,6 +1358,7 @@ def summarize(suite: Suite, layout: Layout) -> str:
         references = REFERENCE_100K.get(task.env, {})
         published = [_fmt(references[n], task) if n in references else "-" for n in ("TD-MPC2", "SAC")]
         lines.append(f"| {task.name} | {_steps(task.sim_steps)} | " + " | ".join(cells + published) + " |")
+    lines += _per_task_section(suite, results)
     lines += _gap_section(suite, results)
     matrices, aggregates, aggregate_notes = aggregate_scores(suite, results) if results else ({}, {}, [])
     lines += ["", "## Aggregate (rliable)", ""]
@@ -1351,6 +1405,46 @@ def summarize(suite: Suite, layout: Layout) -> str:
     return text
 
 
+def _per_task_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) -> list[str]:
+    """Multi-task envs: every task's final score, mean over seeds with a 95 % bootstrap CI."""
+    lines: list[str] = []
+    for task in suite.tasks.values():
+        per_algo = {
+            algorithm: [r.record.per_task_final for r in results.get((task.name, algorithm), []) if r.record.per_task_final]
+            for algorithm in suite.algorithms
+        }
+        names = list(dict.fromkeys(name for finals in per_algo.values() for final in finals for name in final))
+        if not names:
+            continue
+        lines += [
+            "",
+            f"## Per task: {task.name}",
+            "",
+            f"Final {task.score} of every task of `{task.env}` (mean over seeds [95 % bootstrap CI] (seeds)); "
+            "the last row is the mean over tasks, its CI from resampling seeds.",
+            "",
+            "| task | " + " | ".join(suite.algorithms) + " |",
+            "|---" * (len(suite.algorithms) + 1) + "|",
+        ]
+        rows: dict[str, list[str]] = {name: [] for name in [*names, "mean over tasks"]}
+        for finals in per_algo.values():
+            complete = [f for f in finals if all(n in f for n in names)]
+            for name in names:
+                values = np.array([f[name] for f in finals if name in f])
+                if not len(values):
+                    rows[name].append("-")
+                    continue
+                mean, low, high = bootstrap_mean_ci(values)
+                rows[name].append(f"{_fmt(mean, task)} [{_fmt(low, task)}, {_fmt(high, task)}] ({len(values)})")
+            if complete:
+                mean, low, high = bootstrap_mean_ci(np.array([np.mean([f[n] for n in names]) for f in complete]))
+                rows["mean over tasks"].append(f"{_fmt(mean, task)} [{_fmt(low, task)}, {_fmt(high, task)}] ({len(complete)})")
+            else:
+                rows["mean over tasks"].append("-")
+        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return lines
+
+
 def _gap_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) -> list[str]:
     """Difference of each algorithm's mean final score to TD-MPC2's published 100k value."""
     tasks = [t for t in suite.tasks.values() if "TD-MPC2" in REFERENCE_100K.get(t.env, {})]
@@ -1394,8 +1488,9 @@ def _gap_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) ->
 def _runs_section(suite: Suite, results: dict[tuple[str, str], list[_Result]], machine_tags: dict[str, str]) -> list[str]:
     lines = ["", "## Runs", "", "Wall-clock of the whole training process (start-up and evaluations included).", ""]
     lines += [
-        "| task | algorithm | seed | final score | best score | wall-clock (s) | sim steps/s | commit | machine | device |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | algorithm | seed | final score | best score | wall-clock (s) | sim steps/s | peak RSS (MiB) "
+        "| commit | machine | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task in suite.tasks.values():
         for algorithm in suite.algorithms:
@@ -1404,6 +1499,7 @@ def _runs_section(suite: Suite, results: dict[tuple[str, str], list[_Result]], m
                 lines.append(
                     f"| {task.name} | {algorithm} | {rec.seed} | {_fmt(rec.final_score, task)} | "
                     f"{_fmt(rec.best_score, task)} | {rec.wall_seconds:.0f} | {rec.sim_steps_per_second:.1f} | "
+                    f"{'-' if rec.peak_rss_mib is None else f'{rec.peak_rss_mib:.0f}'} | "
                     f"{rec.commit} | {machine_tags[rec.machine]} | {rec.device} |"
                 )
     return lines
@@ -1425,6 +1521,7 @@ def _write_runs_csv(suite: Suite, results: dict[tuple[str, str], list[_Result]],
             "best_score",
             "wall_seconds",
             "sim_steps_per_second",
+            "peak_rss_mib",
             "commit",
             "device",
             "machine",
@@ -1448,6 +1545,7 @@ def _write_runs_csv(suite: Suite, results: dict[tuple[str, str], list[_Result]],
                         f"{rec.best_score:.6g}",
                         rec.wall_seconds,
                         rec.sim_steps_per_second,
+                        "" if rec.peak_rss_mib is None else rec.peak_rss_mib,
                         rec.commit,
                         rec.device,
                         rec.machine,

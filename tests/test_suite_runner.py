@@ -81,6 +81,8 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         assert record["final_score"] == pytest.approx(float(rows[-1]["score"]), rel=1e-5)
         assert -2000 < record["final_score"] <= 0
         assert record["wall_seconds"] > 0 and record["sim_steps_per_second"] > 0
+        assert 50 < record["peak_rss_mib"] < 8000, "the training process's peak memory is measured"
+        assert record["per_task_final"] is None, "a single-task env has no per-task scores"
         assert record["commit"] and "cores" in record["machine"] and record["device"]
         assert str(tmp_path) not in json.dumps(record), "no machine-specific path in the record"
         assert record["command"].startswith("python -m sb3_m3po.train --algo ")
@@ -157,6 +159,36 @@ def test_action_repeat_must_match_the_hyperparameter_files(tmp_path, tiny):
         suite_runner.check_suite_environment(suite)
     content["tasks"]["pendulum"].update(action_repeat=2, sim_steps=400, eval_every=200)
     suite_runner.check_suite_environment(suite_runner.load_suite(write_suite(tmp_path / "repeat.yml", content)))
+
+
+def test_multitask_suite_reports_every_task(tmp_path, tiny):
+    # the registered MT10 id with a 2-task toy set: the same rl-zoo3 path as the MT10 suite, in seconds
+    content = {
+        "seeds": [0],
+        "tasks": {
+            "toy": {
+                "env": "m3po/MT10-v0",
+                "env_kwargs": {"tasks": ["Pendulum-v1", "Reacher-v5"]},
+                "action_repeat": 2,
+                "sim_steps": 400,
+                "eval_every": 200,
+                "eval_episodes": 2,  # the eval env cycles: one episode per task
+                "score": "return",
+                "score_range": [-1600, 0],
+            }
+        },
+        "algorithms": {"m3po_tiny": {"algo": "m3po", "params": {**tiny, "n_envs": 2}}},
+    }
+    results = tmp_path / "results"
+    out = run_runner(write_suite(tmp_path / "mt.yml", content), "--results-dir", str(results), "--runs-dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with open(results / "raw" / "toy" / "m3po_tiny_seed0.json") as f:
+        record = json.load(f)
+    per_task = record["per_task_final"]
+    assert sorted(per_task) == ["Pendulum-v1", "Reacher-v5"]
+    assert sum(per_task.values()) / 2 == pytest.approx(record["final_score"], rel=1e-5), "one episode per task"
+    summary = (results / "summary.md").read_text()
+    assert "## Per task: toy" in summary and "| Reacher-v5 |" in summary and "| mean over tasks |" in summary
 
 
 def test_evaluations_must_land_on_the_suite_steps_with_several_envs(tmp_path, tiny):
