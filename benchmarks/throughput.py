@@ -44,6 +44,8 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0, "wm_batch_size": 128, "mppi_iterations": 3}, 1024),
     # the first 8-env configuration: twice the world-model steps on half the batch, 3 MPPI iterations
     "m3po_r4": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.25, "wm_batch_size": 128, "mppi_iterations": 3}, 4096),
+    # the fastest 8-env configuration (the defaults of commit 957d02f), which fails the learning check
+    "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256, "mppi_iterations": 2}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),
