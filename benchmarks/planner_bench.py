@@ -30,17 +30,20 @@ from sb3_m3po.m3po.policies import M3POPolicy
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
 
-# "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
+# "cpu": M3PO's defaults (3 MPPI iterations since the defaults of 3f46749);
+# "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
 PLANNERS = {
-    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=2),
+    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=3),
     "paper": PlannerConfig(horizon=3, num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
 }
 
 
-def make_policy(preset: str, obs_dim: int, act_dim: int, device: str, planner: PlannerConfig) -> M3POPolicy:
+def make_policy(
+    preset: str, obs_dim: int, act_dim: int, device: str, planner: PlannerConfig, torch_compile: bool = False
+) -> M3POPolicy:
     obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
     act_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
-    policy = M3POPolicy(obs_space, act_space, lambda _: 3e-4, model_size=preset, planner=planner)
+    policy = M3POPolicy(obs_space, act_space, lambda _: 3e-4, model_size=preset, planner=planner, torch_compile=torch_compile)
     return policy.to(device).eval()
 
 
@@ -83,10 +86,12 @@ def timed(fn, device: str, min_seconds: float) -> float:  # type: ignore[no-unty
 
 def bench(preset: str, n_envs: int, args: argparse.Namespace, planner: PlannerConfig) -> dict:
     th.manual_seed(0)
-    policy = make_policy(preset, args.obs_dim, args.act_dim, args.device, planner)
+    policy = make_policy(preset, args.obs_dim, args.act_dim, args.device, planner, args.compile)
     obs = th.randn(n_envs, args.obs_dim, device=args.device)
     plan = policy.initial_plan(n_envs)
-    flops = count_matmul_flops(policy, obs, plan)
+    # forward hooks do not fire inside compiled graphs: count on an eager twin (FLOPs depend on shapes only)
+    counted = make_policy(preset, args.obs_dim, args.act_dim, args.device, planner) if args.compile else policy
+    flops = count_matmul_flops(counted, obs, plan)
 
     def act() -> None:
         with th.inference_mode():
@@ -128,6 +133,7 @@ def main() -> None:
     parser.add_argument("--max-seconds-per-call", type=float, default=2.0, help="skip larger batches beyond this")
     parser.add_argument("--planner", choices=list(PLANNERS), default="cpu", help="MPPI population and iterations")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (policy torch_compile=True)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
@@ -152,24 +158,27 @@ def main() -> None:
         name = th.cuda.get_device_name().replace(" ", "_") + ("_tf32" if args.tf32 else "")
     else:
         name = f"cpu{args.threads}t"
-    name += f"_{args.planner}"
+    name += f"_{args.planner}" + ("_compile" if args.compile else "")
     machine = {
         "device": args.device if not args.device.startswith("cuda") else th.cuda.get_device_name(),
         "cpu": f"{platform.machine()} {os.cpu_count()} cores",
         "threads": args.threads,
         "tf32": args.tf32,
+        "compile": args.compile,
         "torch": th.__version__,
         "planner": planner.__dict__,
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"planner_{name}.json"), "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=1)
+    options = (", TF32" if args.tf32 else "") + (", torch.compile" if args.compile else "")
+    flags = (" --tf32" if args.tf32 else "") + (" --compile" if args.compile else "")
     lines = [
         f"Planner on {machine['device']} ({machine['cpu']}, {args.threads} threads, torch {th.__version__}"
-        f"{', TF32' if args.tf32 else ''}); `{args.planner}` planner: H={planner.horizon}, "
+        f"{options}); `{args.planner}` planner: H={planner.horizon}, "
         f"{planner.num_samples} samples ({planner.num_prior_trajectories} from the prior) x {planner.iterations} "
         f"iterations. Command: `python benchmarks/planner_bench.py --presets {' '.join(args.presets)} --planner "
-        f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device}{' --tf32' if args.tf32 else ''}`.",
+        f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device}{flags}`.",
         "",
         "| preset | n_envs | ms / call | actions/s | planner GFLOP/s | matmul GFLOP/s (same shape) | efficiency |",
         "|---|---|---|---|---|---|---|",

