@@ -1115,6 +1115,19 @@ def bootstrap_mean_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tu
     return values.mean(axis=0), np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
 
 
+def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """
+    ``mean(a) - mean(b)`` with a 95 % percentile-bootstrap interval, resampling the seeds of each side independently.
+
+    :param a: scores of one algorithm (one per seed)
+    :param b: scores of the other
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    diffs = a[rng.integers(0, len(a), (reps, len(a)))].mean(1) - b[rng.integers(0, len(b), (reps, len(b)))].mean(1)
+    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
 def _fmt(value: float, task: Task) -> str:
     return f"{value:.2f}" if task.score == "success" else f"{value:.0f}"
 
@@ -1359,6 +1372,7 @@ def summarize(suite: Suite, layout: Layout) -> str:
         published = [_fmt(references[n], task) if n in references else "-" for n in ("TD-MPC2", "SAC")]
         lines.append(f"| {task.name} | {_steps(task.sim_steps)} | " + " | ".join(cells + published) + " |")
     lines += _per_task_section(suite, results)
+    lines += _versus_section(suite, results)
     lines += _gap_section(suite, results)
     matrices, aggregates, aggregate_notes = aggregate_scores(suite, results) if results else ({}, {}, [])
     lines += ["", "## Aggregate (rliable)", ""]
@@ -1442,6 +1456,42 @@ def _per_task_section(suite: Suite, results: dict[tuple[str, str], list[_Result]
             else:
                 rows["mean over tasks"].append("-")
         lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return lines
+
+
+def _versus_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) -> list[str]:
+    """The suite's first algorithm against each other one, task by task: difference of mean final scores."""
+    first, *others = suite.algorithms
+    if not others:
+        return []
+    lines = [
+        "",
+        f"## `{first}` against the others",
+        "",
+        f"Mean final score of `{first}` minus that of each other algorithm [95 % bootstrap CI, seeds resampled on "
+        f"both sides]; > 0: `{first}` ahead. The last row counts the tasks where `{first}` is ahead.",
+        "",
+        "| task | " + " | ".join(f"{first} - {name}" for name in others) + " |",
+        "|---" * (len(others) + 1) + "|",
+    ]
+    ahead, compared = dict.fromkeys(others, 0), dict.fromkeys(others, 0)
+    for task in suite.tasks.values():
+        mine = [r.record.final_score for r in results.get((task.name, first), [])]
+        cells = []
+        for name in others:
+            theirs = [r.record.final_score for r in results.get((task.name, name), [])]
+            if not mine or not theirs:
+                cells.append("-")
+                continue
+            diff, low, high = bootstrap_diff_ci(np.array(mine), np.array(theirs))
+            compared[name] += 1
+            ahead[name] += diff > 0
+            sign = "+" if diff > 0 else ""
+            cells.append(f"{sign}{_fmt(diff, task)} [{_fmt(low, task)}, {_fmt(high, task)}] ({len(mine)} vs {len(theirs)})")
+        lines.append(f"| {task.name} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"| `{first}` ahead on | " + " | ".join(f"{ahead[n]} of {compared[n]}" if compared[n] else "-" for n in others) + " |"
+    )
     return lines
 
 

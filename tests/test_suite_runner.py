@@ -96,6 +96,14 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         assert needle in summary, needle
     for png in ["learning_curves.png", "aggregate.png"]:
         assert (results / png).stat().st_size > 10_000, png
+    finals = {}
+    for algo in ["m3po_tiny", "ppo"]:
+        with open(results / "raw" / "pendulum" / f"{algo}_seed0.json") as f:
+            finals[algo] = json.load(f)["final_score"]
+    versus = summary.split("## `m3po_tiny` against the others")[1].split("## Gap")[0]
+    diff = finals["m3po_tiny"] - finals["ppo"]
+    assert f"| pendulum | {'+' if diff > 0 else ''}{diff:.0f} [" in versus and "(1 vs 1)" in versus, versus
+    assert f"| `m3po_tiny` ahead on | {int(diff > 0)} of 1 |" in versus, versus
 
     # A second invocation finds both runs finished and trains nothing.
     mtime = os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json")
@@ -210,3 +218,12 @@ def test_failed_run_is_reported_and_leaves_no_record(tmp_path, tiny):
     assert "pendulum/m3po_bad/seed0: exit code 1: ValueError" in out.stderr and "bonus_clip" in out.stderr
     assert not (results / "raw").exists()
     assert "Finished runs: 0 of 1" in (results / "summary.md").read_text()
+
+
+def test_bootstrap_difference_of_means():
+    a, b = [10.0, 12.0, 14.0], [1.0, 2.0, 3.0]
+    diff, low, high = suite_runner.bootstrap_diff_ci(a, b)
+    assert diff == pytest.approx(10.0)
+    assert 7.0 <= low < diff < high <= 13.0, (low, high)  # bounded by the extreme resamples (10 - 3, 14 - 1)
+    same = suite_runner.bootstrap_diff_ci([5.0, 5.0], [5.0])
+    assert same == (0.0, 0.0, 0.0)
