@@ -170,18 +170,18 @@ def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
         f"configuration (`m3po`: 8 envs, package defaults), SB3's SAC and PPO with their defaults (one env); the "
         f"other rows are variants (see ALGOS in the script). Measured after {args.warmup} env steps of warm-up "
         f"(every algorithm past its `learning_starts`). Env steps are agent decisions (x2 simulator steps). "
-        f"Each row is the median of the repeats (range in brackets). Code: commit(s) "
-        f"{sorted({r.get('commit', 'unknown') for r in runs})}.",
+        f"Each row is the median of the repeats (range in brackets); the last column is the commit that measured it "
+        f"(rows of other invocations are kept with `--merge`; ratios are meaningful between rows of one commit).",
         "",
-        "| task | algo | env steps/s (range) | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) |",
-        "|---|---|---|---|---|",
+        "| task | algo | env steps/s (range) | s per 1k env steps: " + " / ".join(buckets) + " | peak RSS (MiB) | commit |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         split = " / ".join(f"{r['seconds_per_1k_steps'].get(b, 0.0):.1f}" for b in buckets)
         lo, hi = r["range"]
         lines.append(
             f"| {r['task']} | {r['algo']} | {r['env_steps_per_s']:.1f} ({lo:.1f}-{hi:.1f}) | {split} | "
-            f"{r['peak_rss_mib']:.0f} |"
+            f"{r['peak_rss_mib']:.0f} | {r.get('commit', 'unknown')} |"
         )
     lines += ["", "| task | M3PO variant | / SAC steps/s | / PPO steps/s |", "|---|---|---|---|"]
     for task in args.tasks:
@@ -214,6 +214,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (task, algo); the summary takes the median")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--summarize", action="store_true", help="only rewrite summary.md from runs.json")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of runs.json for (task, algo) pairs not measured now (their commits are listed in the summary)",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.summarize:
@@ -223,7 +228,11 @@ def main() -> None:
     from provenance import code_version  # same folder: the commit the runs were produced by
 
     commit = code_version()
-    runs = []
+    kept: list[dict] = []
+    if args.merge and os.path.exists(os.path.join(args.out, "runs.json")):
+        with open(os.path.join(args.out, "runs.json")) as f:
+            kept = [r for r in json.load(f) if not (r["task"] in args.tasks and r["algo"] in args.algos)]
+    runs: list[dict] = []
     ctx = mp.get_context("spawn")
     for repeat in range(args.repeats):
         for task, algo in ((t, a) for t in args.tasks for a in args.algos):  # alternate algorithms in each repeat
@@ -234,8 +243,8 @@ def main() -> None:
             runs.append(run)
             print(f"{task} {algo}: {run['env_steps_per_s']:.1f} env steps/s {run['seconds_per_1k_steps']}", flush=True)
             with open(os.path.join(args.out, "runs.json"), "w") as f:
-                json.dump(runs, f, indent=1)
-    print(summarize(runs, args.out, args))
+                json.dump(kept + runs, f, indent=1)
+    print(summarize(kept + runs, args.out, args))
 
 
 if __name__ == "__main__":
