@@ -14,6 +14,7 @@ Usage::
 """
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -24,16 +25,24 @@ import numpy as np
 import torch as th
 from torch import nn
 
+from sb3_m3po import M3PO
 from sb3_m3po.common.layers import EnsembleLinear
 from sb3_m3po.m3po.planner import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
 
-# "cpu": M3PO's defaults (3 MPPI iterations since the defaults of 3f46749);
-# "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
+
+def shipped_planner() -> PlannerConfig:
+    """The MPPI settings of M3PO's defaults, read from its signature so the benchmark follows them."""
+    defaults = {k: p.default for k, p in inspect.signature(M3PO.__init__).parameters.items()}
+    names = ["horizon", "num_samples", "num_elites", "num_prior_trajectories", "temperature", "min_std", "max_std"]
+    return PlannerConfig(iterations=defaults["mppi_iterations"], **{n: defaults[n] for n in names})
+
+
+# "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
 PLANNERS = {
-    "cpu": PlannerConfig(horizon=3, num_samples=128, num_elites=16, num_prior_trajectories=8, iterations=3),
+    "cpu": shipped_planner(),
     "paper": PlannerConfig(horizon=3, num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
 }
 

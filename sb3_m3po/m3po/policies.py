@@ -77,8 +77,8 @@ class M3POPolicy(BasePolicy):
     :param optimizer_class: optimizer of the prior/value (and world model)
     :param optimizer_kwargs: extra optimizer arguments
     :param torch_compile: compile every network with ``torch.compile`` (needs a C++ compiler on CPU).
-        Fusing the LayerNorm/SiLU chains between the small matmuls makes planning about 1.5x faster on
-        the CPU preset, training steps about 10 %; costs tens of seconds of compilation at the start
+        It fuses the LayerNorm/SiLU chains between the small matmuls (planning gains most; see
+        ``benchmarks/planner_bench.py --compile``); costs tens of seconds of compilation at the start
     """
 
     def __init__(
