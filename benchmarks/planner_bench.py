@@ -23,6 +23,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch as th
+from provenance import code_version  # same folder: the commit that produced the table
 from torch import nn
 
 from sb3_m3po import M3PO
@@ -176,6 +177,7 @@ def main() -> None:
         "compile": args.compile,
         "torch": th.__version__,
         "planner": planner.__dict__,
+        "commit": code_version(),
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"planner_{name}.json"), "w") as f:
@@ -184,7 +186,7 @@ def main() -> None:
     flags = (" --tf32" if args.tf32 else "") + (" --compile" if args.compile else "")
     lines = [
         f"Planner on {machine['device']} ({machine['cpu']}, {args.threads} threads, torch {th.__version__}"
-        f"{options}); `{args.planner}` planner: H={planner.horizon}, "
+        f"{options}, commit {machine['commit']}); `{args.planner}` planner: H={planner.horizon}, "
         f"{planner.num_samples} samples ({planner.num_prior_trajectories} from the prior) x {planner.iterations} "
         f"iterations. Command: `python benchmarks/planner_bench.py --presets {' '.join(args.presets)} --planner "
         f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device}{flags}`.",

@@ -17,6 +17,7 @@ import platform
 import time
 
 import torch as th
+from provenance import code_version  # same folder: the commit that produced the profile
 from stable_baselines3.common.env_util import make_vec_env
 from torch.profiler import ProfilerActivity, profile
 
@@ -83,7 +84,7 @@ def main() -> None:
         f"`python benchmarks/profile_m3po.py --label {args.label} --threads {args.threads} --n-envs {args.n_envs}`: "
         f"cartpole-swingup, default M3PO (cpu preset), {args.n_envs} env(s) planned per call, "
         f"{platform.machine()} {os.cpu_count()} cores, torch {th.__version__}, "
-        f"{args.threads} torch thread(s), {args.calls} calls each.",
+        f"{args.threads} torch thread(s), {args.calls} calls each, commit {code_version()}.",
         "",
     ]
     text = "\n".join(header + sections)

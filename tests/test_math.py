@@ -52,6 +52,19 @@ def test_simnorm_groups_sum_to_one():
     assert (y >= 0).all()
 
 
+def test_simnorm_matches_grouped_softmax_in_value_and_gradient():
+    # large magnitudes: the written-out form must stay finite (max shift) and keep softmax's gradient
+    x = (100 * th.randn(6, 32)).requires_grad_(True)
+    weights = th.randn(6, 32)
+    reference = th.softmax(x.view(6, 4, 8), dim=-1).view(6, 32)
+    (grad_ref,) = th.autograd.grad((reference * weights).sum(), x)
+    y = simnorm(x, 8)
+    (grad,) = th.autograd.grad((y * weights).sum(), x)
+    assert th.isfinite(y).all()
+    assert th.allclose(y, reference, atol=1e-6)
+    assert th.allclose(grad, grad_ref, atol=1e-5)
+
+
 def test_mppi_refit_weights_and_elites():
     # 1 env, 4 candidates of horizon 1, action dim 1
     actions = th.tensor([[[[-1.0]], [[0.0]], [[0.5]], [[1.0]]]])
