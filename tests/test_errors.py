@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.utils import NonFiniteError
@@ -71,6 +72,22 @@ def test_diverging_world_model_raises_before_updating(tiny):
     with pytest.raises(NonFiniteError, match="world-model loss became non-finite"):
         model.learn(32, reset_num_timesteps=False)
     assert th.equal(before, model.policy.world_model.dynamics[0].weight)
+
+
+class _CollapseOldLogProbs(BaseCallback):
+    """Makes every collected action look astronomically unlikely under the prior of its rollout."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.model.rollout_buffer.log_probs[:] = -1e4
+
+
+def test_overflowing_ppo_ratio_names_the_prior_update(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    with pytest.raises(NonFiniteError, match="PPO update made the prior/value parameters non-finite"):
+        model.learn(64, callback=_CollapseOldLogProbs())
 
 
 def test_nan_planned_action_raises(tiny):

@@ -516,7 +516,31 @@ class M3PO(PPO):
         # world model's gradients left from its last step must not count (nor be clipped)
         self.policy.zero_grad(set_to_none=True)
         super().train()
+        self._check_prior_finite()
         self._train_world_model()
+
+    def _check_prior_finite(self) -> None:
+        """
+        Fail with the cause when the PPO epochs left the prior or value non-finite.
+
+        The actions come from the planner, not from the prior, so a prior log-probability can be
+        very low at collection time and rise by tens of nats within the epochs; its ratio then
+        overflows and SB3's update writes NaN into the parameters. Without this check the NaN first
+        shows up in the world model's TD targets, whose error would point at the wrong network.
+
+        :raises NonFiniteError: if a parameter of the prior (actor, log std) or the value head is not finite
+        """
+        policy = self.policy
+        params = [*policy.actor.parameters(), *policy.value_net.parameters(), policy.log_std]
+        if all(bool(th.isfinite(p).all()) for p in params):
+            return
+        approx_kl = self.logger.name_to_value.get("train/approx_kl")
+        raise NonFiniteError(
+            f"M3PO's PPO update made the prior/value parameters non-finite at timestep {self.num_timesteps} "
+            f"(last train/approx_kl: {approx_kl}): the probability ratio of a planner action under the prior "
+            "overflowed. Set target_kl (SB3 stops the epochs before applying such a minibatch) or lower "
+            "learning_rate / n_epochs."
+        )
 
     # ------------------------------------------------------------------ per-task metrics
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
