@@ -87,7 +87,8 @@ def simnorm(x: th.Tensor, group_size: int) -> th.Tensor:
     assert shape[-1] % group_size == 0, f"latent dim {shape[-1]} must be a multiple of simnorm group {group_size}"
     x = x.reshape(*shape[:-1], shape[-1] // group_size, group_size)
     # Written out rather than F.softmax: torch's CPU softmax kernel pays a per-row overhead that dominates
-    # on rows of 8, and this form is 2-6x faster forward and backward (profile_after.md, benchmarks/).
+    # on rows of 8, and this form is 2-6x faster forward and backward
+    # (benchmarks/results/throughput/profile_after.md showed it as the planner's largest operator).
     # The max is detached because softmax is shift invariant: its gradient is zero either way.
     exp = (x - x.detach().amax(dim=-1, keepdim=True)).exp()
     return (exp / exp.sum(dim=-1, keepdim=True)).reshape(shape)
