@@ -84,10 +84,29 @@ class _CollapseOldLogProbs(BaseCallback):
         self.model.rollout_buffer.log_probs[:] = -1e4
 
 
-def test_overflowing_ppo_ratio_names_the_prior_update(tiny):
+def test_far_off_planner_actions_do_not_overflow_the_ppo_ratio(tiny):
+    # old log-probs of -1e4: the ratio exp(1e4) overflowed SB3's loop and wrote NaN into the prior
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    model.learn(64, callback=_CollapseOldLogProbs())
+    logged = model.logger.name_to_value
+    assert logged["train/max_abs_log_ratio"] > 1e3
+    assert np.isfinite(logged["train/approx_kl"]) and np.isfinite(logged["train/loss"])
+    assert all(bool(th.isfinite(p).all()) for p in model.policy.parameters())
+
+
+class _PoisonPrior(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        with th.no_grad():
+            self.model.policy.actor[0].weight.fill_(float("nan"))
+
+
+def test_non_finite_prior_update_names_the_prior(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
     with pytest.raises(NonFiniteError, match="PPO update made the prior/value parameters non-finite"):
-        model.learn(64, callback=_CollapseOldLogProbs())
+        model.learn(64, callback=_PoisonPrior())
 
 
 def test_nan_planned_action_raises(tiny):

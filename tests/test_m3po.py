@@ -1,8 +1,11 @@
 """SB3 API contract: learn, predict, save/load, seeding, VecNormalize, Dict obs, callbacks, real envs."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import torch as th
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -206,3 +209,25 @@ def test_torch_compile_matches_eager_and_survives_save_load(tiny, tmp_path):
     assert loaded.policy.torch_compile and loaded.policy.world_model.dynamics._compiled_call_impl is not None
     for (name, p), (_, q) in zip(compiled.policy.state_dict().items(), loaded.policy.state_dict().items()):
         assert th.equal(p, q), name
+
+
+def test_prior_update_without_dual_clip_equals_sb3_ppo_train(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", dual_clip=None, **tiny)
+    model.learn(64)  # leaves a collected rollout in the buffer
+    policy = model.policy
+    start = copy.deepcopy(policy.state_dict()), copy.deepcopy(policy.optimizer.state_dict())
+    before = [p.detach().clone() for p in policy.parameters()]
+
+    def run(train) -> list[th.Tensor]:
+        policy.load_state_dict(start[0])
+        policy.optimizer.load_state_dict(copy.deepcopy(start[1]))  # Adam would update the loaded state in place
+        policy.zero_grad(set_to_none=True)
+        np.random.seed(0)  # the minibatch order
+        train()
+        return [p.detach().clone() for p in policy.parameters()]
+
+    ours = run(model._train_prior)
+    sb3 = run(lambda: PPO.train(model))
+    assert any(not th.equal(a, b) for a, b in zip(ours, before, strict=True)), "the update changed nothing"
+    for a, b in zip(ours, sb3, strict=True):
+        assert th.allclose(a, b, atol=1e-6)

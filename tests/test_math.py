@@ -5,6 +5,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 
 from sb3_m3po.common.math import (
+    clipped_surrogate,
     exploration_bonus,
     importance_corrected_gae,
     mppi_refit,
@@ -151,3 +152,51 @@ def test_importance_weights_are_truncated_and_cut_traces():
     assert ret[0, 0] == pytest.approx(1.0)
     assert adv[0, 0] == pytest.approx(1.0)
     assert adv[1, 0] == pytest.approx(1.0)
+
+
+def _sb3_policy_loss(log_ratio, adv, clip):
+    ratio = th.exp(log_ratio)
+    return -th.min(adv * ratio, adv * th.clamp(ratio, 1 - clip, 1 + clip)).mean()
+
+
+def test_clipped_surrogate_without_dual_clip_is_sb3_ppo_loss():
+    gen = th.Generator().manual_seed(0)
+    log_ratio = (0.5 * th.randn(256, generator=gen)).requires_grad_(True)
+    adv = th.randn(256, generator=gen)
+    terms = clipped_surrogate(log_ratio, adv, 0.2)
+    reference = _sb3_policy_loss(log_ratio, adv, 0.2)
+    assert th.allclose(terms.loss, reference)
+    (grad,) = th.autograd.grad(terms.loss, log_ratio)
+    (ref_grad,) = th.autograd.grad(reference, log_ratio)
+    assert th.allclose(grad, ref_grad)
+    ratio = log_ratio.detach().exp()
+    assert th.isclose(terms.clip_fraction, ((ratio - 1).abs() > 0.2).float().mean())
+    assert th.isclose(terms.approx_kl, ((ratio - 1) - log_ratio.detach()).mean())
+
+
+def test_clipped_surrogate_stays_finite_when_the_ratio_would_overflow():
+    # a planner action whose prior log-prob rose by 1e4 nats: exp(1e4) is inf in float32
+    log_ratio = th.tensor([1e4, 0.1, -1e4, 0.0], requires_grad=True)
+    adv = th.tensor([-1.0, 1.0, 1.0, -0.5])
+    assert not th.isfinite(_sb3_policy_loss(log_ratio, adv, 0.2))
+    terms = clipped_surrogate(log_ratio, adv, 0.2, dual_clip=3.0)
+    (grad,) = th.autograd.grad(terms.loss, log_ratio)
+    assert th.isfinite(terms.loss) and th.isfinite(terms.approx_kl) and th.isfinite(grad).all()
+    # the out-of-range samples get no gradient; the in-range ones keep theirs
+    assert grad[0] == 0 and grad[2] == 0
+    assert grad[1] != 0 and grad[3] != 0
+
+
+def test_dual_clip_bounds_negative_advantages_only():
+    log_ratio = th.log(th.tensor([5.0, 5.0, 2.0]))
+    adv = th.tensor([-1.0, 1.0, -1.0])
+
+    def per_sample(dual):
+        return [float(clipped_surrogate(log_ratio[k : k + 1], adv[k : k + 1], 0.2, dual).loss) for k in range(3)]
+
+    plain, dual = per_sample(None), per_sample(3.0)
+    assert plain == pytest.approx([5.0, -1.2, 2.0])
+    # ratio 5 > c = 3 with A < 0: the loss is capped at -c * A; below c, or with A > 0, nothing changes
+    assert dual == pytest.approx([3.0, -1.2, 2.0])
+    with pytest.raises(AssertionError, match="dual_clip must be > 1"):
+        clipped_surrogate(log_ratio, adv, 0.2, dual_clip=1.0)

@@ -259,3 +259,47 @@ def importance_corrected_gae(
         residual[step] = rho[step] * delta[step] + c[step] * carry
         next_residual = residual[step]
     return advantages, residual + values
+
+
+class SurrogateTerms(NamedTuple):
+    """PPO policy loss and its diagnostics for one minibatch."""
+
+    loss: th.Tensor  # scalar to minimise
+    clip_fraction: th.Tensor  # share of samples whose ratio left [1 - clip, 1 + clip]
+    approx_kl: th.Tensor  # Schulman's k3 estimate of KL(old || new), from the bounded log-ratio
+
+
+def clipped_surrogate(
+    log_ratio: th.Tensor,
+    advantages: th.Tensor,
+    clip_range: float,
+    dual_clip: float | None = None,
+    max_log_ratio: float = 20.0,
+) -> SurrogateTerms:
+    """
+    PPO's clipped surrogate with a bounded log-ratio and optional dual clip (Ye et al. 2020).
+
+    Inside ``[-max_log_ratio, max_log_ratio]`` and without ``dual_clip`` this is SB3's PPO loss.
+    The bound matters when actions come from another distribution (the planner): a prior
+    log-probability of such an action can rise by tens of nats within the epochs, and
+    ``exp`` of that overflows float32; clamping first keeps the ratio finite and gives such
+    samples zero gradient. The dual clip bounds ``ratio * A`` for negative advantages at
+    ``dual_clip * A``, so a few far-off samples cannot dominate a minibatch.
+
+    :param log_ratio: ``log pi_new(a) - log pi_old(a)`` per sample
+    :param advantages: advantages, same shape
+    :param clip_range: PPO clip epsilon
+    :param dual_clip: lower bound multiplier ``c > 1`` for negative advantages (None: off)
+    :param max_log_ratio: bound on ``|log_ratio|`` before exponentiation
+    :return: loss, clip fraction and approximate KL
+    """
+    assert dual_clip is None or dual_clip > 1.0, f"dual_clip must be > 1 (or None), got {dual_clip}"
+    log_ratio = log_ratio.clamp(-max_log_ratio, max_log_ratio)
+    ratio = th.exp(log_ratio)
+    surrogate = th.min(advantages * ratio, advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
+    if dual_clip is not None:
+        surrogate = th.where(advantages < 0, th.max(surrogate, dual_clip * advantages), surrogate)
+    with th.no_grad():
+        clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+    return SurrogateTerms(-surrogate.mean(), clip_fraction, approx_kl)

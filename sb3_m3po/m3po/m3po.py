@@ -14,12 +14,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import FloatSchedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.callbacks import TaskEpisodeStats
-from sb3_m3po.common.math import exploration_bonus, group_mean_std
+from sb3_m3po.common.math import clipped_surrogate, exploration_bonus, group_mean_std
 from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
@@ -56,6 +56,9 @@ class M3PO(PPO):
     :param vf_coef: value loss coefficient
     :param max_grad_norm: gradient clip of the PPO update
     :param target_kl: early-stop PPO epochs above this KL (None: off)
+    :param dual_clip: bound ``ratio * A`` for negative advantages at ``dual_clip * A`` (Ye et al. 2020;
+        None: off). Planner actions can be far in the prior's tail, where a small change of the
+        prior multiplies their ratio; without this bound those few samples dominate the update.
     :param use_planner: act with MPPI (True) or with the prior alone (False)
     :param horizon: planning horizon, also the length of world-model training subsequences
     :param num_samples: MPPI action sequences per iteration
@@ -121,6 +124,7 @@ class M3PO(PPO):
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         target_kl: float | None = None,
+        dual_clip: float | None = 3.0,
         use_planner: bool = True,
         horizon: int = 3,
         num_samples: int = 128,
@@ -182,6 +186,7 @@ class M3PO(PPO):
             device=device,
             _init_setup_model=False,
         )
+        self.dual_clip = dual_clip
         self.use_planner = use_planner
         self.horizon = horizon
         self.num_samples = num_samples
@@ -231,6 +236,7 @@ class M3PO(PPO):
         require(self.n_steps >= 1, "n_steps", "an integer >= 1")
         require(self.batch_size >= 2, "batch_size", "an integer >= 2")
         require(self.n_epochs >= 1, "n_epochs", "an integer >= 1")
+        require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "None or a value > 1")
         require(0 < self.gamma <= 1, "gamma", "a value in (0, 1]")
         require(0 <= self.gae_lambda <= 1, "gae_lambda", "a value in [0, 1]")
         require(self.wm_batch_size >= 1, "wm_batch_size", "an integer >= 1")
@@ -512,21 +518,88 @@ class M3PO(PPO):
     # ------------------------------------------------------------------ training
     def train(self) -> None:
         """PPO epochs on the prior and value function, then world-model gradient steps."""
-        # PPO clips the gradient norm over all policy parameters, world model included: the
-        # world model's gradients left from its last step must not count (nor be clipped)
-        self.policy.zero_grad(set_to_none=True)
-        super().train()
+        self._train_prior()
         self._check_prior_finite()
         self._train_world_model()
+
+    def _train_prior(self) -> None:
+        """
+        PPO epochs on the prior and value function, as SB3's ``PPO.train`` but with the bounded,
+        optionally dual-clipped surrogate of :func:`clipped_surrogate`.
+
+        SB3's loop exponentiates the raw log-ratio; with planner actions that overflowed and wrote
+        NaN into the prior (see :meth:`_check_prior_finite`).
+        """
+        policy = self.policy
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        params = [p for group in policy.optimizer.param_groups for p in group["params"]]
+        stats: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "log_ratio")}
+        loss = th.zeros(())
+        stop = False
+        for epoch in range(self.n_epochs):
+            for data in self.rollout_buffer.get(self.batch_size):
+                values, log_prob, entropy = policy.evaluate_actions(data.observations, data.actions)
+                values = values.flatten()
+                advantages = data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                log_ratio = log_prob - data.old_log_prob
+                terms = clipped_surrogate(log_ratio, advantages, clip_range, self.dual_clip)
+                values_pred = values
+                if clip_range_vf is not None:
+                    values_pred = data.old_values + th.clamp(values - data.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = th.nn.functional.mse_loss(data.returns, values_pred)
+                entropy_loss = -th.mean(entropy)
+                loss = terms.loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                approx_kl = float(terms.approx_kl)
+                for key, value in (
+                    ("pg", terms.loss),
+                    ("value", value_loss),
+                    ("entropy", entropy_loss),
+                    ("clip", terms.clip_fraction),
+                    ("log_ratio", log_ratio.detach().abs().max()),
+                ):
+                    stats[key].append(value.item())
+                stats["kl"].append(approx_kl)
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    stop = True
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+                    break
+                policy.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+                policy.optimizer.step()
+            self._n_updates += 1
+            if stop:
+                break
+        buf = self.rollout_buffer
+        self.logger.record("train/entropy_loss", np.mean(stats["entropy"]))
+        self.logger.record("train/policy_gradient_loss", np.mean(stats["pg"]))
+        self.logger.record("train/value_loss", np.mean(stats["value"]))
+        self.logger.record("train/approx_kl", np.mean(stats["kl"]))
+        self.logger.record("train/clip_fraction", np.mean(stats["clip"]))
+        self.logger.record("train/max_abs_log_ratio", np.max(stats["log_ratio"]))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_variance(buf.values.flatten(), buf.returns.flatten()))
+        self.logger.record("train/std", th.exp(policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
 
     def _check_prior_finite(self) -> None:
         """
         Fail with the cause when the PPO epochs left the prior or value non-finite.
 
-        The actions come from the planner, not from the prior, so a prior log-probability can be
-        very low at collection time and rise by tens of nats within the epochs; its ratio then
-        overflows and SB3's update writes NaN into the parameters. Without this check the NaN first
-        shows up in the world model's TD targets, whose error would point at the wrong network.
+        The log-ratio is bounded, so the ratio itself cannot overflow any more; a non-finite
+        advantage, return or gradient still could. Without this check the NaN would first show up
+        in the world model's TD targets, whose error would point at the wrong network.
 
         :raises NonFiniteError: if a parameter of the prior (actor, log std) or the value head is not finite
         """
@@ -534,12 +607,10 @@ class M3PO(PPO):
         params = [*policy.actor.parameters(), *policy.value_net.parameters(), policy.log_std]
         if all(bool(th.isfinite(p).all()) for p in params):
             return
-        approx_kl = self.logger.name_to_value.get("train/approx_kl")
+        logged = {k: self.logger.name_to_value.get(f"train/{k}") for k in ("approx_kl", "max_abs_log_ratio", "value_loss")}
         raise NonFiniteError(
             f"M3PO's PPO update made the prior/value parameters non-finite at timestep {self.num_timesteps} "
-            f"(last train/approx_kl: {approx_kl}): the probability ratio of a planner action under the prior "
-            "overflowed. Set target_kl (SB3 stops the epochs before applying such a minibatch) or lower "
-            "learning_rate / n_epochs."
+            f"({logged}). Set target_kl to stop the epochs early, or lower learning_rate / n_epochs."
         )
 
     # ------------------------------------------------------------------ per-task metrics
