@@ -105,6 +105,20 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     assert f"| pendulum | {'+' if diff > 0 else ''}{diff:.0f} [" in versus and "(1 vs 1)" in versus, versus
     assert f"| `m3po_tiny` ahead on | {int(diff > 0)} of 1 |" in versus, versus
 
+    # The PPO health report reads M3PO's updates back from the run's console log.
+    health = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "ppo_health.py"), "tiny", "--algos", "m3po_tiny", *folders],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert health.returncode == 0, health.stderr[-3000:]
+    with open(results / "ppo_health.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["task"] == "pendulum" and row["seed"] == "0" and int(row["updates"]) >= 2
+    assert 0 <= float(row["approx_kl_median"]) < 1 and 0 <= float(row["clip_fraction_median"]) <= 1
+    assert float(row["max_abs_log_ratio_max"]) > 0
+
     # A second invocation finds both runs finished and trains nothing.
     mtime = os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json")
     again = run_runner(suite_file, *folders)
