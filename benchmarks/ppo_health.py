@@ -10,7 +10,7 @@ and the share of updates above thresholds to ``benchmarks/results/<suite>/ppo_he
 Usage::
 
     python benchmarks/ppo_health.py metaworld
-    python benchmarks/ppo_health.py dmc --runs-dir benchmarks/runs/dmc
+    python benchmarks/ppo_health.py metaworld --runs-dirs-extra benchmarks/runs/metaworld_kl
 """
 
 import argparse
@@ -93,21 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", help="suite name (its runs folder and results folder)")
     parser.add_argument("--runs-dir", help="runs folder (default benchmarks/runs/<suite>)")
     parser.add_argument("--results-dir", help="output folder (default benchmarks/results/<suite>)")
-    parser.add_argument("--algos", nargs="+", default=["m3po", "m3po_no_bonus"], help="algorithms to read")
+    parser.add_argument("--algos", nargs="+", help="algorithms to read (default: every one whose name starts with m3po)")
+    parser.add_argument("--runs-dirs-extra", nargs="*", default=[], help="further runs folders of the same suite")
     args = parser.parse_args(argv)
     runs_dir = args.runs_dir or os.path.join(HERE, "runs", args.suite)
     out_dir = args.results_dir or os.path.join(HERE, "results", args.suite)
     rows = []
-    for algo in args.algos:
-        for log in sorted(glob.glob(os.path.join(runs_dir, "*", algo, "seed*", "train.log"))):
-            seed_dir = os.path.dirname(log)
-            task = os.path.basename(os.path.dirname(os.path.dirname(seed_dir)))
-            row = {"task": task, "algorithm": algo, "seed": int(os.path.basename(seed_dir)[len("seed") :])}
-            row.update(health_row(read_train_tables(log)))
-            if row["updates"]:
-                rows.append(row)
+    logs = []
+    for folder in [runs_dir, *args.runs_dirs_extra]:
+        for algo in args.algos or ["m3po*"]:
+            logs += glob.glob(os.path.join(folder, "*", algo, "seed*", "train.log"))
+    for log in sorted(logs):
+        seed_dir = os.path.dirname(log)
+        task = os.path.basename(os.path.dirname(os.path.dirname(seed_dir)))
+        algo = os.path.basename(os.path.dirname(seed_dir))
+        row = {"task": task, "algorithm": algo, "seed": int(os.path.basename(seed_dir)[len("seed") :])}
+        row.update(health_row(read_train_tables(log)))
+        if row["updates"]:
+            rows.append(row)
     if not rows:
-        parser.error(f"no train.log with PPO updates under {runs_dir} for {args.algos}")
+        parser.error(f"no train.log with PPO updates under {runs_dir} for {args.algos or 'm3po*'}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "ppo_health.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)

@@ -107,7 +107,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
 
     # The PPO health report reads M3PO's updates back from the run's console log.
     health = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "ppo_health.py"), "tiny", "--algos", "m3po_tiny", *folders],
+        [sys.executable, os.path.join(REPO, "benchmarks", "ppo_health.py"), "tiny", *folders],
         capture_output=True,
         text=True,
         timeout=60,
