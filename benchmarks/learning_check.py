@@ -54,6 +54,8 @@ ALGOS: dict[str, tuple[str, dict]] = {
     "ppo": ("PPO", {}),
     "sac": ("SAC", {}),
     "m3po_ppo_prior": ("M3PO", {"n_envs": 8, "prior_q_coef": 0.0}),
+    # PPO's KL early stop on the prior update (the planner's actions push the prior out of its trust region)
+    "m3po_target_kl": ("M3PO", {"n_envs": 8, "target_kl": 0.05}),
     # the defaults before the speed work (issue 3): one env, one world-model step per transition
     "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0, "wm_batch_size": 128, "mppi_iterations": 3}),
     # the first 8-env configuration: twice the world-model steps on half the batch, 3 MPPI iterations
