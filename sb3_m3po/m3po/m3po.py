@@ -528,7 +528,8 @@ class M3PO(PPO):
         optionally dual-clipped surrogate of :func:`clipped_surrogate`.
 
         SB3's loop exponentiates the raw log-ratio; with planner actions that overflowed and wrote
-        NaN into the prior (see :meth:`_check_prior_finite`).
+        NaN into the prior (see :meth:`_check_prior_finite`). ``train/approx_kl`` is the mean over every
+        minibatch of every epoch (SB3 logs the last epoch's), so it measures the whole update.
         """
         policy = self.policy
         policy.set_training_mode(True)
