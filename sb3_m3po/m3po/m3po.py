@@ -539,7 +539,9 @@ class M3PO(PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         params = [p for group in policy.optimizer.param_groups for p in group["params"]]
-        stats: dict[str, list[float]] = {k: [] for k in ("pg", "value", "entropy", "clip", "kl", "log_ratio")}
+        # per minibatch: policy loss, value loss, entropy loss, clip fraction, approx KL, max |log-ratio|;
+        # kept as tensors so that a GPU syncs once per update, not per minibatch (unless target_kl needs it)
+        stats: list[th.Tensor] = []
         loss = th.zeros(())
         stop = False
         for epoch in range(self.n_epochs):
@@ -557,20 +559,12 @@ class M3PO(PPO):
                 value_loss = th.nn.functional.mse_loss(data.returns, values_pred)
                 entropy_loss = -th.mean(entropy)
                 loss = terms.loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                approx_kl = float(terms.approx_kl)
-                for key, value in (
-                    ("pg", terms.loss),
-                    ("value", value_loss),
-                    ("entropy", entropy_loss),
-                    ("clip", terms.clip_fraction),
-                    ("log_ratio", log_ratio.detach().abs().max()),
-                ):
-                    stats[key].append(value.item())
-                stats["kl"].append(approx_kl)
-                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                parts = (terms.loss, value_loss, entropy_loss, terms.clip_fraction, terms.approx_kl, log_ratio.abs().max())
+                stats.append(th.stack(parts).detach())
+                if self.target_kl is not None and float(terms.approx_kl) > 1.5 * self.target_kl:
                     stop = True
                     if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {float(terms.approx_kl):.2f}")
                     break
                 policy.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -579,13 +573,15 @@ class M3PO(PPO):
             self._n_updates += 1
             if stop:
                 break
+        table = th.stack(stats)
+        means, max_log_ratio = table.mean(dim=0).tolist(), table[:, 5].max().item()
         buf = self.rollout_buffer
-        self.logger.record("train/entropy_loss", np.mean(stats["entropy"]))
-        self.logger.record("train/policy_gradient_loss", np.mean(stats["pg"]))
-        self.logger.record("train/value_loss", np.mean(stats["value"]))
-        self.logger.record("train/approx_kl", np.mean(stats["kl"]))
-        self.logger.record("train/clip_fraction", np.mean(stats["clip"]))
-        self.logger.record("train/max_abs_log_ratio", np.max(stats["log_ratio"]))
+        self.logger.record("train/policy_gradient_loss", means[0])
+        self.logger.record("train/value_loss", means[1])
+        self.logger.record("train/entropy_loss", means[2])
+        self.logger.record("train/clip_fraction", means[3])
+        self.logger.record("train/approx_kl", means[4])
+        self.logger.record("train/max_abs_log_ratio", max_log_ratio)
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_variance(buf.values.flatten(), buf.returns.flatten()))
         self.logger.record("train/std", th.exp(policy.log_std).mean().item())
