@@ -321,13 +321,16 @@ def test_registered_id_gives_a_multitask_m3po(tiny):
     assert model.policy.num_tasks == 10 and model.task_names[0] == "reach-v3"
 
 
-def test_mt10_builds_and_m3po_trains_a_few_hundred_steps(tiny, tmp_path):
+def test_mt10_builds_and_m3po_trains_a_few_hundred_steps(tiny, tmp_path, capsys):
     venv = make_multitask_vec_env("MT10", seed=0, action_repeat=2)
     assert venv.num_envs == 10 and venv.observation_space.shape == (49,) and venv.action_space.shape == (4,)
     assert venv.get_attr("task_index") == list(range(10))
     model = M3PO("MlpPolicy", venv, seed=0, **tiny)
-    model.set_logger(configure(str(tmp_path), ["csv"]))
+    # the console table too: SB3 cuts its keys at 36 characters, which made long task names collide
+    model.set_logger(configure(str(tmp_path), ["csv", "stdout"]))
     model.learn(320)
+    console = capsys.readouterr().out
+    assert "train/" in console and "button-press-topdown" not in console, "per-task keys stay out of the console"
     assert model.num_timesteps == 320 and model.replay_buffer.task_counts.sum(0).tolist() == [32] * 10
     assert "train/reach-v3/bonus_mean" in header_of(tmp_path)
     batch = model.replay_buffer.sample(20, model.horizon)
@@ -362,3 +365,16 @@ def test_zoo_trains_sac_on_mt10_with_the_shipped_multitask_entry(tmp_path):
     out = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MultiTaskRolloutLogger" in out.stdout and "'n_envs', 10" in out.stdout, "the shipped m3po/MT10-v0 entry was used"
+
+
+def test_per_task_metrics_of_long_task_names_dump_to_every_format(tmp_path, capsys):
+    from sb3_m3po.common.callbacks import record_task_metric
+
+    logger = configure(str(tmp_path), ["stdout", "csv"])
+    for task in ["button-press-topdown-v3", "button-press-topdown-wall-v3"]:
+        for metric in ["bonus_mean", "bonus_std", "bonus_normalised_mean"]:
+            record_task_metric(logger, "train", task, metric, 1.0)
+    logger.record("train/bonus_mean", 1.0)
+    logger.dump(0)
+    assert "button-press" not in capsys.readouterr().out
+    assert "train/button-press-topdown-wall-v3/bonus_normalised_mean" in header_of(tmp_path)

@@ -26,6 +26,23 @@ from sb3_m3po.common.multitask import (
 )
 
 
+def record_task_metric(logger: Logger, prefix: str, task: str, metric: str, value: float) -> None:
+    """
+    Record ``<prefix>/<task>/<metric>`` for the machine-readable outputs only (tensorboard, CSV, JSON).
+
+    SB3's console table cuts keys at 36 characters, so two metrics of a long task name
+    (``button-press-topdown-wall-v3``) would end in the same cut key and make ``logger.dump`` raise;
+    and 50 tasks would bury the table. The console keeps the means over tasks.
+
+    :param logger: the logger to record into
+    :param prefix: the section, e.g. ``eval``
+    :param task: the task's name
+    :param metric: the metric's name
+    :param value: its value
+    """
+    logger.record(f"{prefix}/{task}/{metric}", value, exclude="stdout")
+
+
 class TaskEpisodeStats:
     """
     The last ``window`` episode returns and successes of every task, from the infos of a multi-task VecEnv.
@@ -60,10 +77,10 @@ class TaskEpisodeStats:
         for name, returns, successes in zip(self.task_names, self.returns, self.successes):
             if returns:
                 means.append(float(np.mean(returns)))
-                logger.record(f"{prefix}/{name}/ep_rew_mean", means[-1])
+                record_task_metric(logger, prefix, name, "ep_rew_mean", means[-1])
             if successes:
                 rates.append(float(np.mean(successes)))
-                logger.record(f"{prefix}/{name}/success_rate", rates[-1])
+                record_task_metric(logger, prefix, name, "success_rate", rates[-1])
         if means:
             logger.record(f"{prefix}/task_mean/ep_rew_mean", float(np.mean(means)))
         if rates:
@@ -260,10 +277,10 @@ class MultiTaskEvalCallback(EventCallback):
         assert self.spec is not None
         task_means = result.mean(1)
         for k, name in enumerate(self.spec.names):
-            self.logger.record(f"eval/{name}/mean_reward", float(task_means[k]))
-            self.logger.record(f"eval/{name}/mean_ep_length", float(length[k].mean()))
+            record_task_metric(self.logger, "eval", name, "mean_reward", float(task_means[k]))
+            record_task_metric(self.logger, "eval", name, "mean_ep_length", float(length[k].mean()))
             if not np.isnan(success[k]).all():
-                self.logger.record(f"eval/{name}/success_rate", float(np.nanmean(success[k])))
+                record_task_metric(self.logger, "eval", name, "success_rate", float(np.nanmean(success[k])))
         self.last_mean_reward = float(task_means.mean())
         self.logger.record("eval/mean_reward", self.last_mean_reward)
         with_success = ~np.isnan(success).all(1)
@@ -339,9 +356,9 @@ class TaskAwareEvalCallback(EvalCallback):
         successes = np.array([s for _, _, s in self._episodes])
         for k in np.unique(tasks):
             name = self.task_names[k]
-            self.logger.record(f"eval/{name}/mean_reward", float(returns[tasks == k].mean()))
+            record_task_metric(self.logger, "eval", name, "mean_reward", float(returns[tasks == k].mean()))
             if not np.isnan(successes[tasks == k]).any():
-                self.logger.record(f"eval/{name}/success_rate", float(successes[tasks == k].mean()))
+                record_task_metric(self.logger, "eval", name, "success_rate", float(successes[tasks == k].mean()))
 
     def _on_step(self) -> bool:
         evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0

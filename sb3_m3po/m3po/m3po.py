@@ -18,7 +18,7 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
-from sb3_m3po.common.callbacks import TaskEpisodeStats
+from sb3_m3po.common.callbacks import TaskEpisodeStats, record_task_metric
 from sb3_m3po.common.math import clipped_surrogate, exploration_bonus, group_mean_std
 from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
@@ -511,9 +511,10 @@ class M3PO(PPO):
             normalised_means, _ = group_mean_std(eps_norm, task, num_tasks)
             present = th.bincount(task, minlength=num_tasks) > 0
             for k in present.nonzero().flatten().tolist():
-                self.logger.record(f"train/{self.task_names[k]}/bonus_mean", float(task_means[k]))
-                self.logger.record(f"train/{self.task_names[k]}/bonus_std", float(task_stds[k]))
-                self.logger.record(f"train/{self.task_names[k]}/bonus_normalised_mean", float(normalised_means[k]))
+                name = self.task_names[k]
+                record_task_metric(self.logger, "train", name, "bonus_mean", float(task_means[k]))
+                record_task_metric(self.logger, "train", name, "bonus_std", float(task_stds[k]))
+                record_task_metric(self.logger, "train", name, "bonus_normalised_mean", float(normalised_means[k]))
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:
