@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -14,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "benchmarks", "suite.py")
 
 
-def load_runner():
-    spec = importlib.util.spec_from_file_location("benchmark_suite", RUNNER)
+def load_script(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -23,7 +24,8 @@ def load_runner():
     return module
 
 
-suite_runner = load_runner()
+suite_runner = load_script(RUNNER, "benchmark_suite")
+bonus_scale = load_script(os.path.join(REPO, "benchmarks", "bonus_scale.py"), "benchmark_bonus_scale")
 
 
 def tiny_suite(tiny: dict) -> dict:
@@ -211,6 +213,11 @@ def test_multitask_suite_reports_every_task(tmp_path, tiny):
     assert sum(per_task.values()) / 2 == pytest.approx(record["final_score"], rel=1e-5), "one episode per task"
     summary = (results / "summary.md").read_text()
     assert "## Per task: toy" in summary and "| Reacher-v5 |" in summary and "| mean over tasks |" in summary
+    # the per-task bonus statistics reach tensorboard and the bonus-scale report reads them back
+    assert bonus_scale.main(["toy", "--runs-dir", str(tmp_path), "--results-dir", str(results)]) == 0
+    with open(results / "bonus_scale.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["task"] for r in rows] == ["Pendulum-v1", "Reacher-v5"] and all(int(r["rollouts"]) >= 1 for r in rows)
 
 
 def test_evaluations_must_land_on_the_suite_steps_with_several_envs(tmp_path, tiny):
@@ -241,3 +248,22 @@ def test_bootstrap_difference_of_means():
     assert 7.0 <= low < diff < high <= 13.0, (low, high)  # bounded by the extreme resamples (10 - 3, 14 - 1)
     same = suite_runner.bootstrap_diff_ci([5.0, 5.0], [5.0])
     assert same == (0.0, 0.0, 0.0)
+
+
+def test_expected_clipped_bonus_matches_sampling():
+    rng = np.random.default_rng(0)
+    mu, sigma = np.array([-1.0, 0.0, 0.5, 4.0]), np.array([0.5, 1.0, 2.0, 1.0])
+    samples = np.clip(rng.normal(mu, sigma, size=(200_000, 4)), 0.0, 3.0).mean(0)
+    np.testing.assert_allclose(bonus_scale.expected_clipped(mu, sigma, 3.0), samples, atol=0.01)
+
+
+def test_batch_zscore_view_of_task_bonuses():
+    # equal tasks: a batch z-score is the per-task one
+    z, batch, per_task = bonus_scale.batch_view(np.ones((3, 4)), np.ones((3, 4)), 3.0)
+    np.testing.assert_allclose(z, 0.0, atol=1e-6)
+    np.testing.assert_allclose(batch, per_task)
+    # one task with 100x the gap takes the bonus, the others fall below the batch mean
+    means = np.array([[100.0, 1.0, 1.0, 1.0]])
+    z, batch, per_task = bonus_scale.batch_view(means, means / 2, 3.0)
+    assert z[0, 0] > 1.0 and (z[0, 1:] < -0.4).all()
+    assert batch[0, 0] > per_task[0, 0] and (batch[0, 1:] < 1e-3).all()
