@@ -21,14 +21,18 @@ Usage::
 """
 
 import argparse
-import csv
 import glob
 import math
 import os
+import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # also loaded from its path by the tests
+    sys.path.insert(0, HERE)
+from report import merge_previous, write_report  # noqa: E402  (same folder)
+
 COLUMNS = ("algorithm", "seed", "task", "rollouts", "raw_mean", "raw_std", "batch_z", "batch_bonus", "per_task_bonus")
 
 
@@ -128,12 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     if not rows:
         parser.error(f"no multi-task M3PO run with per-task bonus scalars under {runs_dir}")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "bonus_scale.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
+    rows = merge_previous(os.path.join(out_dir, "bonus_scale.csv"), rows, ("algorithm", "seed", "task"))
+    intro = [
         f"# Per-task exploration bonus scale: {args.suite}",
         "",
         "Written by `python benchmarks/bonus_scale.py " + args.suite + "` from the runs' tensorboard logs.",
@@ -142,23 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         "their expected clipped bonus under that batch z-score (normal approximation); `per_task_bonus`:",
         f"the same under per-task z-scores (M3PO's default), equal for every task. Bonus clip {args.bonus_clip:g}.",
         "",
-        "| algorithm | seed | task | rollouts | raw_mean | raw_std | batch_z | batch_bonus | per_task_bonus |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    outro: list[str] = []
     for (algo, seed), group in _by_run(rows).items():
         bonus = np.array([r["batch_bonus"] for r in group])
         raw = np.array([r["raw_mean"] for r in group])
-        lines += [
+        outro += [
             "",
             f"{algo} seed {seed}: raw gap of the largest task / smallest task = {raw.max() / max(raw.min(), 1e-12):.1f}; "
             f"under a batch z-score the tasks' expected bonus ranges {bonus.min():.3f}-{bonus.max():.3f} "
             f"(per-task z-scores: {group[0]['per_task_bonus']:.3f} for every task).",
         ]
-    with open(os.path.join(out_dir, "bonus_scale.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    write_report(out_dir, "bonus_scale", COLUMNS, rows, intro, outro)
     print(f"wrote {os.path.join(out_dir, 'bonus_scale.md')}")
     return 0
 

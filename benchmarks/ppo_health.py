@@ -14,13 +14,17 @@ Usage::
 """
 
 import argparse
-import csv
 import glob
 import os
+import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # also loaded from its path by the tests
+    sys.path.insert(0, HERE)
+from report import merge_previous, write_report  # noqa: E402  (same folder)
+
 KEYS = ("approx_kl", "clip_fraction", "max_abs_log_ratio", "is_weight_mean")
 COLUMNS = (
     "task",
@@ -80,14 +84,6 @@ def health_row(values: dict[str, list[float]]) -> dict[str, float | int | None]:
     }
 
 
-def _fmt(value: float | int | str | None) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", help="suite name (its runs folder and results folder)")
@@ -113,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     if not rows:
         parser.error(f"no train.log with PPO updates under {runs_dir} for {args.algos or 'm3po*'}")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "ppo_health.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
+    intro = [
         f"# PPO trust-region health: {args.suite}",
         "",
         "Written by `python benchmarks/ppo_health.py " + args.suite + "` from the runs' console logs (one row per",
@@ -126,13 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "PPO's trust region on that rollout; `is_weight_mean` is the mean truncated importance weight",
         "min(1, prior / planner) of the rollout's actions.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
     ]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |" for row in rows]
-    with open(os.path.join(out_dir, "ppo_health.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rows = merge_previous(os.path.join(out_dir, "ppo_health.csv"), rows, ("task", "algorithm", "seed"))
+    print(write_report(out_dir, "ppo_health", COLUMNS, rows, intro, []), end="")
     return 0
 
 

@@ -267,3 +267,23 @@ def test_batch_zscore_view_of_task_bonuses():
     z, batch, per_task = bonus_scale.batch_view(means, means / 2, 3.0)
     assert z[0, 0] > 1.0 and (z[0, 1:] < -0.4).all()
     assert batch[0, 0] > per_task[0, 0] and (batch[0, 1:] < 1e-3).all()
+
+
+def test_report_keeps_committed_rows_of_runs_it_cannot_read(tmp_path):
+    report = load_script(os.path.join(REPO, "benchmarks", "report.py"), "benchmark_report")
+    columns = ("task", "seed", "kl")
+    report.write_report(
+        str(tmp_path), "t", columns, [{"task": "a", "seed": 0, "kl": 1.5}, {"task": "b", "seed": 0, "kl": 2.0}], [], []
+    )
+    rows = report.merge_previous(str(tmp_path / "t.csv"), [{"task": "b", "seed": 0, "kl": 0.5}], ("task", "seed"))
+    assert rows == [{"task": "a", "seed": 0, "kl": 1.5}, {"task": "b", "seed": 0, "kl": 0.5}], "a kept, b replaced"
+    text = report.write_report(str(tmp_path), "t", columns, rows, ["# T", ""], ["end"])
+    assert text.splitlines() == [
+        "# T",
+        "",
+        "| task | seed | kl |",
+        "|---|---|---|",
+        "| a | 0 | 1.5 |",
+        "| b | 0 | 0.5 |",
+        "end",
+    ]
