@@ -84,6 +84,7 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
     def env_fn():
         return make_env(task.env_id, action_repeat=task.action_repeat)
 
+    commit = code_version()  # now, not at the end: the tree may change while a run trains
     algo_cls, kwargs = ALGOS[algo]
     kwargs = dict(kwargs)
     env = make_vec_env(env_fn, n_envs=kwargs.pop("n_envs", 1), seed=seed)
@@ -130,7 +131,7 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
         "wall_seconds_total": wall,
         "wall_seconds_train": wall - eval_seconds[0],
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, torch {th.__version__}",
-        "commit": code_version(),
+        "commit": commit,
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"

@@ -289,6 +289,8 @@ class RunRecord:
     :param run_folder: the rl-zoo3 run folder (models, ``evaluations.npz``, tensorboard)
     :param peak_rss_mib: peak resident memory of the training process (``VmHWM``; None where not measured)
     :param per_task_final: multi-task envs: final score of every task (task name -> score), None otherwise
+    :param relabelled: set by ``--relabel``: the algorithm name and spec the run was made under, and why
+        they were changed afterwards (e.g. a package default changed to the value the run had set)
     """
 
     suite: str
@@ -310,6 +312,7 @@ class RunRecord:
     run_folder: str
     peak_rss_mib: float | None = None
     per_task_final: dict[str, float] | None = None
+    relabelled: str | None = None
 
 
 class Curve(NamedTuple):
@@ -1552,6 +1555,10 @@ def _runs_section(suite: Suite, results: dict[tuple[str, str], list[_Result]], m
                     f"{'-' if rec.peak_rss_mib is None else f'{rec.peak_rss_mib:.0f}'} | "
                     f"{rec.commit} | {machine_tags[rec.machine]} | {rec.device} |"
                 )
+    relabelled = [(task, r.record) for (task, _), runs in results.items() for r in runs if r.record.relabelled]
+    if relabelled:
+        lines += ["", "Relabelled runs (`--relabel`; their `command` in the record is the one that ran):", ""]
+        lines += [f"* {task} seed {rec.seed}: {rec.relabelled}" for task, rec in relabelled]
     return lines
 
 
@@ -1609,6 +1616,60 @@ def _write_runs_csv(suite: Suite, results: dict[tuple[str, str], list[_Result]],
 # Command line
 
 
+def relabel(suite: Suite, layout: Layout, old: str, new: str, because: str) -> list[str]:
+    """
+    Give the finished runs of algorithm ``old`` the name and spec of algorithm ``new`` of the suite file.
+
+    For when a package default changes: the runs of a variant that set the new default explicitly become
+    runs of the default, and those of the default become runs of a variant that sets the old value. The
+    caller vouches that the two configurations are the same; the record keeps the old name, the old spec
+    and ``because`` in ``relabelled``, its ``command`` stays the command that ran.
+
+    :param suite: the suite (``new`` must be one of its algorithms)
+    :param layout: its folders
+    :param old: algorithm name of the records to rename
+    :param new: algorithm name they get
+    :param because: why the configurations are the same
+    :return: the records written
+    :raises SuiteError: if ``new`` is not in the suite, ``because`` is empty, there is nothing to relabel, or a
+        record of ``new`` already exists (nothing is renamed then)
+    """
+    if new not in suite.algorithms:
+        raise SuiteError(
+            f"--relabel: '{new}' is not an algorithm of suite '{suite.name}'{_did_you_mean(new, list(suite.algorithms))}"
+        )
+    if not because.strip():
+        raise SuiteError("--relabel needs --because: why the two configurations are the same")
+    moves = []
+    for path in sorted(glob.glob(os.path.join(layout.results, "raw", "*", f"{old}_seed*.json"))):
+        record = load_record(path)
+        target = os.path.join(os.path.dirname(path), f"{new}_seed{record.seed}.json")
+        if os.path.exists(target):
+            raise SuiteError(f"--relabel: {shown_path(target)} exists; nothing was renamed")
+        moves.append((path, target, record))
+    if not moves:
+        raise SuiteError(f"--relabel: no records of '{old}' under {shown_path(os.path.join(layout.results, 'raw'))}")
+    written = []
+    for path, target, record in moves:
+        spec = Run(suite.tasks[record.task], suite.algorithms[new], record.seed).spec()
+        note = f"made as '{old}' with spec params {record.spec.get('params')}; relabelled '{new}': {because}"
+        record = dataclasses.replace(record, algorithm=new, spec=spec, relabelled=note)
+        with open(path[: -len(".json")] + ".csv") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            row["algorithm"] = new
+        curve = io.StringIO()
+        writer = csv.DictWriter(curve, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_atomic(target[: -len(".json")] + ".csv", curve.getvalue())
+        _write_atomic(target, json.dumps(dataclasses.asdict(record), indent=1) + "\n")
+        os.remove(path[: -len(".json")] + ".csv")
+        os.remove(path)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/suite.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1623,6 +1684,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="torch device of the runs (rl-zoo3 --device, default auto)")
     parser.add_argument("--results-dir", help="results folder (default benchmarks/results/<suite>)")
     parser.add_argument("--runs-dir", help="folder of the rl-zoo3 runs (default benchmarks/runs/<suite>)")
+    parser.add_argument(
+        "--relabel",
+        metavar="OLD=NEW",
+        help="give the finished runs of algorithm OLD the name NEW (see --because)",
+    )
+    parser.add_argument("--because", default="", help="with --relabel: why OLD's runs are runs of NEW's configuration")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo, for the env checks here and in the runs
     try:
@@ -1634,7 +1701,11 @@ def main(argv: list[str] | None = None) -> int:
             os.path.abspath(args.runs_dir or os.path.join(RUNS_DIR, suite.name)),
         )
         failed: list[str] = []
-        if not args.summarize:
+        if args.relabel:
+            old, _, new = args.relabel.partition("=")
+            for path in relabel(suite, layout, old, new, args.because):
+                print(f"relabelled: {shown_path(path)}")
+        elif not args.summarize:
             check_suite_environment(suite)
             with suite_lock(layout.runs):
                 finished, todo = plan_runs(suite, layout, args.only_tasks, args.only_algos, args.seeds)

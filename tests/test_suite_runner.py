@@ -128,6 +128,35 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     assert "2 finished, 0 to run" in again.stdout
     assert os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json") == mtime
 
+    # A default changed to the value a variant set: --relabel gives the variant's runs the new name.
+    renamed = tiny_suite(tiny)
+    renamed["algorithms"]["m3po_same"] = renamed["algorithms"]["m3po_tiny"]
+    renamed_file = write_suite(tmp_path / "renamed.yml", renamed)
+    moved_from = (results / "raw" / "pendulum" / "m3po_tiny_seed0.json").read_text()
+    moved = run_runner(renamed_file, "--relabel", "m3po_tiny=m3po_same", "--because", "the same params", *folders)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    raw = results / "raw" / "pendulum"
+    assert not (raw / "m3po_tiny_seed0.json").exists() and not (raw / "m3po_tiny_seed0.csv").exists()
+    with open(raw / "m3po_same_seed0.json") as f:
+        record = json.load(f)
+    assert record["algorithm"] == "m3po_same" and record["final_score"] == pytest.approx(finals["m3po_tiny"])
+    assert "made as 'm3po_tiny'" in record["relabelled"] and "the same params" in record["relabelled"]
+    assert record["command"] == json.loads(moved_from)["command"], "the command that ran is kept"
+    with open(raw / "m3po_same_seed0.csv") as f:
+        assert {r["algorithm"] for r in csv.DictReader(f)} == {"m3po_same"}
+    summary = (results / "summary.md").read_text()
+    assert "| m3po_same | 1 |" in summary and "Relabelled runs" in summary
+    suite, layout = suite_runner.load_suite(renamed_file), suite_runner.Layout(str(results), str(runs))
+    for old, new, because, message in [
+        ("m3po_tiny", "m3po_same", "again", "no records of 'm3po_tiny'"),
+        ("m3po_same", "m3po_sam", "typo", "did you mean 'm3po_same'"),
+        ("m3po_same", "ppo", "", "needs --because"),
+        ("m3po_same", "ppo", "would overwrite", "ppo_seed0.json exists; nothing was renamed"),
+    ]:
+        with pytest.raises(suite_runner.SuiteError, match=message):
+            suite_runner.relabel(suite, layout, old, new, because)
+    assert (raw / "m3po_same_seed0.json").exists() and (raw / "ppo_seed0.json").stat().st_mtime == mtime
+
     # A changed suite never overwrites a finished run: the runner stops and names the record.
     changed = tiny_suite(tiny)
     changed["tasks"]["pendulum"]["sim_steps"] = 400
