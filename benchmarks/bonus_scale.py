@@ -31,7 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # also loaded from its path by the tests
     sys.path.insert(0, HERE)
-from report import merge_previous, write_report  # noqa: E402  (same folder)
+from report import merge_previous, record_names, write_report  # noqa: E402  (same folder)
 
 COLUMNS = ("algorithm", "seed", "task", "rollouts", "raw_mean", "raw_std", "batch_z", "batch_bonus", "per_task_bonus")
 
@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir or os.path.join(HERE, "runs", args.suite)
     out_dir = args.results_dir or os.path.join(HERE, "results", args.suite)
     rows: list[dict] = []
+    names = record_names(out_dir)
     for tb_dir in sorted(glob.glob(os.path.join(runs_dir, "*", "m3po*", "seed*", "tb"))):
         seed_dir = os.path.dirname(tb_dir)
-        algo, seed = os.path.basename(os.path.dirname(seed_dir)), int(os.path.basename(seed_dir)[len("seed") :])
+        algo = names.get(os.path.realpath(seed_dir), os.path.basename(os.path.dirname(seed_dir)))
+        seed = int(os.path.basename(seed_dir)[len("seed") :])
         tasks, means, stds = read_task_scalars(tb_dir)
         if not tasks or len(means) == 0:
             continue

@@ -23,7 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # also loaded from its path by the tests
     sys.path.insert(0, HERE)
-from report import merge_previous, write_report  # noqa: E402  (same folder)
+from report import merge_previous, record_names, write_report  # noqa: E402  (same folder)
 
 KEYS = ("approx_kl", "clip_fraction", "max_abs_log_ratio", "is_weight_mean")
 COLUMNS = (
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     for folder in [runs_dir, *args.runs_dirs_extra]:
         for algo in args.algos or ["m3po*"]:
             logs += glob.glob(os.path.join(folder, "*", algo, "seed*", "train.log"))
+    names = record_names(out_dir)
     for log in sorted(logs):
         seed_dir = os.path.dirname(log)
         task = os.path.basename(os.path.dirname(os.path.dirname(seed_dir)))
-        algo = os.path.basename(os.path.dirname(seed_dir))
+        algo = names.get(os.path.realpath(seed_dir), os.path.basename(os.path.dirname(seed_dir)))
         row = {"task": task, "algorithm": algo, "seed": int(os.path.basename(seed_dir)[len("seed") :])}
         row.update(health_row(read_train_tables(log)))
         if row["updates"]:

@@ -1,6 +1,8 @@
 """Per-run statistics tables of the benchmark scripts: one CSV and one markdown file with the same rows."""
 
 import csv
+import glob
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +15,26 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def record_names(results_dir: str) -> dict[str, str]:
+    """
+    Algorithm name of each run folder, from the suite's records (``raw/<task>/<algorithm>_seed<S>.json``).
+
+    A run keeps its folder when ``suite.py --relabel`` renames its record, so reports label a folder by its record.
+
+    :param results_dir: the suite's results folder
+    :return: real path of a run's ``seed<S>`` folder -> its algorithm name
+    """
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = {}
+    for path in glob.glob(os.path.join(results_dir, "raw", "*", "*.json")):
+        with open(path) as handle:
+            record = json.load(handle)
+        seed_dir = os.path.dirname(os.path.dirname(record.get("run_folder", "")))
+        if os.path.basename(seed_dir).startswith("seed"):
+            names[os.path.realpath(os.path.join(repo, seed_dir))] = record["algorithm"]
+    return names
 
 
 def merge_previous(path: str, rows: list[dict], key: Sequence[str]) -> list[dict]:

@@ -1667,7 +1667,38 @@ def relabel(suite: Suite, layout: Layout, old: str, new: str, because: str) -> l
         os.remove(path[: -len(".json")] + ".csv")
         os.remove(path)
         written.append(target)
+    _relabel_report_rows(suite, layout, old, new, {(r.task, r.seed) for _, _, r in moves})
     return written
+
+
+def _relabel_report_rows(suite: Suite, layout: Layout, old: str, new: str, runs: set[tuple[str, int]]) -> None:
+    """
+    Rename the relabelled runs' rows in the per-run reports of the results folder (``ppo_health.csv``, ...).
+
+    Their run folders are not committed, so a later report could not rebuild these rows. A row is a run's
+    when its algorithm and seed match and its ``task`` is the run's, or is no task of the suite (a
+    multi-task report names the tasks inside the env).
+    """
+    for path in sorted(glob.glob(os.path.join(layout.results, "*.csv"))):
+        if os.path.basename(path) == "runs.csv":
+            continue  # rewritten by the summary
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), reader.fieldnames or []
+        if not {"algorithm", "seed"} <= set(columns):
+            continue
+        changed = False
+        for row in rows:
+            task = row.get("task")
+            seeds = {seed for run_task, seed in runs if task == run_task or task not in suite.tasks}
+            if row["algorithm"] == old and row["seed"].isdigit() and int(row["seed"]) in seeds:
+                row["algorithm"], changed = new, True
+        if changed:
+            table = io.StringIO()
+            writer = csv.DictWriter(table, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            _write_atomic(path, table.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

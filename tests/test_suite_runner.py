@@ -144,6 +144,8 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     assert record["command"] == json.loads(moved_from)["command"], "the command that ran is kept"
     with open(raw / "m3po_same_seed0.csv") as f:
         assert {r["algorithm"] for r in csv.DictReader(f)} == {"m3po_same"}
+    with open(results / "ppo_health.csv") as f:
+        assert [r["algorithm"] for r in csv.DictReader(f)] == ["m3po_same"], "the run's report rows follow it"
     summary = (results / "summary.md").read_text()
     assert "| m3po_same | 1 |" in summary and "Relabelled runs" in summary
     suite, layout = suite_runner.load_suite(renamed_file), suite_runner.Layout(str(results), str(runs))
