@@ -54,8 +54,8 @@ ALGOS: dict[str, tuple[str, dict]] = {
     "ppo": ("PPO", {}),
     "sac": ("SAC", {}),
     "m3po_ppo_prior": ("M3PO", {"n_envs": 8, "prior_q_coef": 0.0}),
-    # PPO's KL early stop on the prior update (the planner's actions push the prior out of its trust region)
-    "m3po_target_kl": ("M3PO", {"n_envs": 8, "target_kl": 0.05}),
+    # without PPO's KL early stop on the prior update (the default before target_kl=0.05)
+    "m3po_no_target_kl": ("M3PO", {"n_envs": 8, "target_kl": None}),
     # the defaults before the speed work (issue 3): one env, one world-model step per transition
     "m3po_utd1": ("M3PO", {"n_steps": 512, "wm_update_ratio": 1.0, "wm_batch_size": 128, "mppi_iterations": 3}),
     # the first 8-env configuration: twice the world-model steps on half the batch, 3 MPPI iterations
@@ -168,6 +168,9 @@ def summarize(out_dir: str) -> None:
     if not runs:
         print("no finished runs yet")
         return
+    relabelled = [f"* {r['task']} {r['algo']} seed {r['seed']}: {r['relabelled']}" for r in runs if r.get("relabelled")]
+    if relabelled:
+        relabelled = ["Relabelled runs (renamed when a default changed):", "", *relabelled, ""]
     lines = [
         "# Learning check",
         "",
@@ -177,6 +180,7 @@ def summarize(out_dir: str) -> None:
         "",
         f"Machine: {runs[0]['machine']}. Code: commit(s) {sorted({r.get('commit', 'unknown') for r in runs})}.",
         "",
+        *relabelled,
         "| task | algo | seed | final return | best return | first step at goal | train wall-clock (s) "
         "| total incl. eval (s) |",
         "|---|---|---|---|---|---|---|---|",

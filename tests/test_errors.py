@@ -128,6 +128,8 @@ def test_nan_planned_action_raises(tiny):
         ({"tau": 0.0}, "tau"),
         ({"bonus_coef": -1.0}, "bonus_coef"),
         ({"bonus_anneal_fraction": 0.0}, "bonus_anneal_fraction"),
+        ({"target_kl": 0.0}, "target_kl"),
+        ({"dual_clip": 1.0}, "dual_clip"),
         ({"policy_kwargs": {"model_size": "huge"}}, "model_size"),
         ({"policy_kwargs": {"latent_dim": 30}}, "latent_dim"),
     ],
