@@ -1459,6 +1459,12 @@ def _per_task_section(suite: Suite, results: dict[tuple[str, str], list[_Result]
             else:
                 rows["mean over tasks"].append("-")
         lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+        lines += [
+            "",
+            f"Each evaluation runs {task.eval_episodes // max(1, len(names))} episode(s) per task, so a task's final "
+            f"value is a coarse estimate; `python benchmarks/final_eval.py {suite.name}` replays the final models with "
+            "more episodes per task (`final_eval.md` in this folder).",
+        ]
     return lines
 
 

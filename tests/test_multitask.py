@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.buffers import EpisodicReplayBuffer
-from sb3_m3po.common.callbacks import MultiTaskEvalCallback, MultiTaskRolloutLogger, TaskEpisodeStats
+from sb3_m3po.common.callbacks import MultiTaskEvalCallback, MultiTaskRolloutLogger, TaskEpisodeStats, evaluate_tasks
 from sb3_m3po.common.math import exploration_bonus, masked_gaussian_log_prob
 from sb3_m3po.common.multitask import (
     MultiTaskEnv,
@@ -251,6 +251,19 @@ def test_two_task_toy_set_trains_end_to_end_with_per_task_metrics(tiny, tmp_path
     assert npz["results"].shape == (2, 2, 1) and list(npz["task_names"]) == ["Pendulum-v1", "Reacher-v5"]
     counts = model.replay_buffer.task_counts.sum(0)
     assert counts[0] == counts[1] > 0
+
+
+def test_evaluate_tasks_runs_the_asked_episodes_of_every_task(tmp_path):
+    venv = make_multitask_vec_env(TOY, seed=0, action_repeat=2)
+    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=16, seed=0)
+    returns, lengths, successes = evaluate_tasks(model, venv, n_eval_episodes=2)
+    assert returns.shape == lengths.shape == successes.shape == (2, 2)
+    assert np.all(lengths[0] == 100) and np.all(lengths[1] == 25), "Pendulum 200 and Reacher 50 steps, action repeat 2"
+    assert np.isnan(successes).all(), "neither toy task reports success"
+    with pytest.raises(ValueError, match="multi-task eval env"):
+        evaluate_tasks(model, DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    with pytest.raises(ValueError, match="n_eval_episodes"):
+        evaluate_tasks(model, venv, n_eval_episodes=0)
 
 
 def test_task_embeddings_receive_gradients(tiny):

@@ -26,6 +26,7 @@ def load_script(path: str, name: str):
 
 suite_runner = load_script(RUNNER, "benchmark_suite")
 bonus_scale = load_script(os.path.join(REPO, "benchmarks", "bonus_scale.py"), "benchmark_bonus_scale")
+final_eval = load_script(os.path.join(REPO, "benchmarks", "final_eval.py"), "benchmark_final_eval")
 
 
 def tiny_suite(tiny: dict) -> dict:
@@ -249,6 +250,19 @@ def test_multitask_suite_reports_every_task(tmp_path, tiny):
     with open(results / "bonus_scale.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == ["Pendulum-v1", "Reacher-v5"] and all(int(r["rollouts"]) >= 1 for r in rows)
+    # the final models replay every task with more episodes; the run folder outside the repo is found by --runs-dir
+    suite_file = str(tmp_path / "mt.yml")
+    args = [suite_file, "--results-dir", str(results), "--episodes", "2"]
+    assert final_eval.main(args) == 1, "without --runs-dir the run folder is not found and nothing is written"
+    assert final_eval.main([*args, "--runs-dir", str(tmp_path)]) == 0
+    with open(results / "final_eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["algorithm"], r["task"], r["episodes"]) for r in rows] == [
+        ("m3po_tiny", "Pendulum-v1", "2"),
+        ("m3po_tiny", "Reacher-v5", "2"),
+    ]
+    assert all(r["success_rate"] == "" and float(r["mean_return"]) <= 0 for r in rows)
+    assert "| mean over tasks |" in (results / "final_eval.md").read_text()
 
 
 def test_evaluations_must_land_on_the_suite_steps_with_several_envs(tmp_path, tiny):

@@ -10,13 +10,16 @@ Task names are those of :func:`sb3_m3po.common.task_sets.task_names` (``reach-v3
 import os
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, EventCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_m3po.common.multitask import (
     TaskSetSpec,
@@ -124,6 +127,82 @@ class MultiTaskRolloutLogger(BaseCallback):
             self.stats.record(self.logger)
 
 
+class TaskEvaluation(NamedTuple):
+    """Episodes of :func:`evaluate_tasks`, each array ``(num_tasks, n_eval_episodes)`` in task order."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    successes: np.ndarray  # NaN for tasks without a success signal
+
+
+def evaluate_tasks(
+    model: "BaseAlgorithm",
+    eval_env: VecEnv,
+    n_eval_episodes: int = 1,
+    deterministic: bool = True,
+    success: str = "final",
+) -> TaskEvaluation:
+    """
+    Run ``n_eval_episodes`` episodes of every task of a multi-task env and return them per task.
+
+    :param model: any SB3 model trained on the env's observation and action spaces
+    :param eval_env: multi-task VecEnv (:func:`~sb3_m3po.common.multitask.make_multitask_vec_env`, one env per
+        task, or envs that cycle through the tasks)
+    :param n_eval_episodes: episodes per task
+    :param deterministic: deterministic actions
+    :param success: ``"final"``: success at the last step; ``"any"``: at any step of the episode
+    :raises ValueError: if the env is not multi-task or some task got too few episodes
+    """
+    if success not in ("final", "any"):
+        raise ValueError(f"success must be 'final' or 'any', got {success!r}")
+    if n_eval_episodes < 1:
+        raise ValueError(f"n_eval_episodes must be >= 1, got {n_eval_episodes}")
+    spec = get_task_set_spec(eval_env)
+    if spec is None:
+        raise ValueError("evaluate_tasks needs a multi-task eval env (sb3_m3po.common.multitask.MultiTaskEnv)")
+    num_tasks = spec.num_tasks
+    returns: list[list[float]] = [[] for _ in range(num_tasks)]
+    lengths: list[list[int]] = [[] for _ in range(num_tasks)]
+    successes: list[list[float]] = [[] for _ in range(num_tasks)]
+    ever = np.zeros(eval_env.num_envs, dtype=bool)
+
+    def on_env_step(locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
+        i, info = locals_["i"], locals_["info"]
+        is_success = info.get("is_success")
+        ever[i] |= bool(is_success)
+        if not locals_["done"]:
+            return
+        task = info["task"]
+        if len(returns[task]) < n_eval_episodes:
+            episode = info.get("episode")
+            returns[task].append(float(episode["r"] if episode is not None else locals_["current_rewards"][i]))
+            lengths[task].append(int(episode["l"] if episode is not None else locals_["current_lengths"][i]))
+            if is_success is None:
+                successes[task].append(np.nan)
+            else:
+                successes[task].append(float(ever[i] if success == "any" else bool(is_success)))
+        ever[i] = False
+
+    # one episode per task per round: the envs hold one task each, or cycle through all of them
+    evaluate_policy(
+        model,
+        eval_env,
+        n_eval_episodes=n_eval_episodes * max(num_tasks, eval_env.num_envs),
+        deterministic=deterministic,
+        callback=on_env_step,
+        warn=False,
+    )
+    missing = [spec.names[k] for k in range(num_tasks) if len(returns[k]) < n_eval_episodes]
+    if missing:
+        raise ValueError(
+            f"the evaluation ran no (or too few) episodes of task(s) {missing}: give an eval env with "
+            "one env per task (make_multitask_vec_env) or cycling envs"
+        )
+    return TaskEvaluation(
+        np.array(returns, dtype=np.float64), np.array(lengths, dtype=np.int64), np.array(successes, dtype=np.float64)
+    )
+
+
 class MultiTaskEvalCallback(EventCallback):
     """
     Evaluate every task of a multi-task model and log per-task and mean return and success.
@@ -229,47 +308,9 @@ class MultiTaskEvalCallback(EventCallback):
                     "Training and eval env are not wrapped the same way; see "
                     "stable_baselines3.common.callbacks.EvalCallback and the VecNormalize wrapper"
                 ) from e
-        num_tasks = self.spec.num_tasks
-        returns: list[list[float]] = [[] for _ in range(num_tasks)]
-        lengths: list[list[int]] = [[] for _ in range(num_tasks)]
-        successes: list[list[float]] = [[] for _ in range(num_tasks)]
-        ever = np.zeros(self.eval_env.num_envs, dtype=bool)
-
-        def on_env_step(locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
-            i, info = locals_["i"], locals_["info"]
-            success = info.get("is_success")
-            ever[i] |= bool(success)
-            if not locals_["done"]:
-                return
-            task = info["task"]
-            if len(returns[task]) < self.n_eval_episodes:
-                episode = info.get("episode")
-                returns[task].append(float(episode["r"] if episode is not None else locals_["current_rewards"][i]))
-                lengths[task].append(int(episode["l"] if episode is not None else locals_["current_lengths"][i]))
-                if success is None:
-                    successes[task].append(np.nan)
-                else:
-                    successes[task].append(float(ever[i] if self.success == "any" else bool(success)))
-            ever[i] = False
-
-        # one episode per task per round: the envs hold one task each, or cycle through all of them
-        evaluate_policy(
-            self.model,
-            self.eval_env,
-            n_eval_episodes=self.n_eval_episodes * max(num_tasks, self.eval_env.num_envs),
-            deterministic=self.deterministic,
-            callback=on_env_step,
-            warn=False,
+        result, length, success_array = evaluate_tasks(
+            self.model, self.eval_env, self.n_eval_episodes, deterministic=self.deterministic, success=self.success
         )
-        missing = [self.spec.names[k] for k in range(num_tasks) if len(returns[k]) < self.n_eval_episodes]
-        if missing:
-            raise ValueError(
-                f"the evaluation ran no (or too few) episodes of task(s) {missing}: give an eval env with "
-                "one env per task (make_multitask_vec_env) or cycling envs"
-            )
-        result = np.array(returns, dtype=np.float64)
-        length = np.array(lengths, dtype=np.int64)
-        success_array = np.array(successes, dtype=np.float64)
         self._record(result, length, success_array)
         return self._on_event() if self.callback is not None else True
 
