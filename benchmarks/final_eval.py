@@ -14,7 +14,7 @@ Run folders are not committed, so the CSV keeps the committed rows of runs whose
 Usage::
 
     python benchmarks/final_eval.py mt10                      # 10 episodes per task
-    python benchmarks/final_eval.py mt10 --episodes 20 --only-algos m3po
+    python benchmarks/final_eval.py mt10 --episodes 20 --only-algos m3po --seeds 1 2
 """
 
 import argparse
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
     parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the eval envs (default 1000)")
     parser.add_argument("--only-algos", nargs="+", metavar="NAME", help="evaluate only these algorithms")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="S", help="evaluate only these seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--runs-dir", help="where runs moved or made outside the repository are (suite.py --runs-dir)")
     parser.add_argument("--results-dir", help="results folder (default benchmarks/results/<suite>)")
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(glob.glob(os.path.join(layout.results, "raw", "*", "*.json"))):
         record = load_record(path)
         if record.per_task_final is None or (args.only_algos and record.algorithm not in args.only_algos):
+            continue
+        if args.seeds is not None and record.seed not in args.seeds:
             continue
         label = f"{record.task}/{record.algorithm}/seed{record.seed}"
         try:
