@@ -18,6 +18,7 @@ Usage::
 """
 
 import argparse
+import csv
 import glob
 import os
 import sys
@@ -30,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # also loaded from its path by the tests
     sys.path.insert(0, HERE)
 from report import format_cell, merge_previous  # noqa: E402  (same folder)
-from suite import REPO_ROOT, Layout, bootstrap_mean_ci, load_record, load_suite, shown_path  # noqa: E402
+from suite import REPO_ROOT, bootstrap_mean_ci, load_record, load_suite, shown_path  # noqa: E402
 
 COLUMNS = ("algorithm", "seed", "task", "episodes", "success_rate", "mean_return", "eval_seed", "model", "run_commit")
 KEY = ("algorithm", "seed", "task")
@@ -152,8 +153,6 @@ def per_task_table(rows: list[dict[str, Any]], algorithms: list[str], metric: st
 
 def write_outputs(results_dir: str, suite_name: str, rows: list[dict[str, Any]], algorithm_order: list[str]) -> str:
     """Write ``final_eval.csv`` (one row per run and task) and ``final_eval.md``; returns the markdown."""
-    import csv
-
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "final_eval.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
@@ -205,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
     results_dir = os.path.abspath(args.results_dir or os.path.join(REPO_ROOT, "benchmarks", "results", suite.name))
-    layout = Layout(results=results_dir, runs="")
     rows: list[dict[str, Any]] = []
-    for path in sorted(glob.glob(os.path.join(layout.results, "raw", "*", "*.json"))):
+    for path in sorted(glob.glob(os.path.join(results_dir, "raw", "*", "*.json"))):
         record = load_record(path)
         if record.per_task_final is None or (args.only_algos and record.algorithm not in args.only_algos):
             continue
