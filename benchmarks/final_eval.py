@@ -133,7 +133,8 @@ def per_task_table(rows: list[dict[str, Any]], algorithms: list[str], metric: st
         seeds = sorted({row["seed"] for row in rows if row["algorithm"] == algorithm})
         values = {(row["seed"], row["task"]): row[metric] for row in rows if row["algorithm"] == algorithm}
         complete = [s for s in seeds if all(isinstance(values.get((s, t)), (int, float)) for t in tasks)]
-        matrices[algorithm] = np.array([[values[(s, t)] for t in tasks] for s in complete], dtype=np.float64)
+        matrix = np.array([[values[(s, t)] for t in tasks] for s in complete], dtype=np.float64)
+        matrices[algorithm] = matrix.reshape(len(complete), len(tasks))  # (0, tasks) when no seed is complete
 
     def cell(values: np.ndarray) -> str:
         if len(values) == 0:
@@ -142,12 +143,8 @@ def per_task_table(rows: list[dict[str, Any]], algorithms: list[str], metric: st
         return f"{format_cell(float(mean))} [{format_cell(float(low))}, {format_cell(float(high))}] ({len(values)})"
 
     for j, task in enumerate(tasks):
-        lines.append(
-            f"| {task} | " + " | ".join(cell(matrices[a][:, j]) if matrices[a].size else "-" for a in algorithms) + " |"
-        )
-    lines.append(
-        "| mean over tasks | " + " | ".join(cell(matrices[a].mean(1)) if matrices[a].size else "-" for a in algorithms) + " |"
-    )
+        lines.append(f"| {task} | " + " | ".join(cell(matrices[a][:, j]) for a in algorithms) + " |")
+    lines.append("| mean over tasks | " + " | ".join(cell(matrices[a].mean(1)) for a in algorithms) + " |")
     return lines
 
 
