@@ -67,7 +67,7 @@ def register() -> None:
 
     utils.ALGOS["m3po"] = M3PO
     hyperparams_opt.HYPERPARAMS_SAMPLER["m3po"] = sample_m3po_params
-    hyperparams_opt.HYPERPARAMS_CONVERTER["m3po"] = convert_m3po_params
+    hyperparams_opt.HYPERPARAMS_CONVERTER["m3po"] = convert_m3po_params  # type: ignore[assignment]  # same call, named args differ
     register_envs()
 
 

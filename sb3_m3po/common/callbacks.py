@@ -65,7 +65,7 @@ class TaskEpisodeStats:
     def update(self, infos: Sequence[dict[str, Any]], dones: np.ndarray) -> None:
         """Add the episodes that ended at this step (only the finished envs are visited)."""
         for i in np.flatnonzero(dones):
-            info = infos[i]
+            info = infos[int(i)]
             task, episode = info.get("task"), info.get("episode")
             if task is None or episode is None:
                 continue
@@ -265,7 +265,7 @@ class MultiTaskEvalCallback(EventCallback):
         self.last_mean_reward = -np.inf
         self.last_success_rate = np.nan
         self.best_score = -np.inf
-        self._next_eval = eval_freq
+        self._next_eval: float = eval_freq
 
     def _init_callback(self) -> None:
         if self.eval_env is None:

@@ -221,9 +221,10 @@ class MultiTaskEnv(gym.Env):
     def _observation(self, obs: Any, task: int) -> np.ndarray:
         env = self._envs[task]
         flat = np.asarray(spaces.flatten(env.observation_space, obs), dtype=np.float32).ravel()
-        out = np.zeros(self.observation_space.shape, dtype=np.float32)
+        spec = self.task_set_spec
+        out = np.zeros(spec.max_obs_dim + spec.num_tasks, dtype=np.float32)
         out[: flat.shape[0]] = flat
-        out[self.task_set_spec.max_obs_dim + task] = 1.0
+        out[spec.max_obs_dim + task] = 1.0
         return out
 
     def _task_info(self, info: dict[str, Any], task: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.callbacks import TaskEpisodeStats, record_task_metric
@@ -166,7 +167,7 @@ class M3PO(PPO):
         _init_setup_model: bool = True,
     ) -> None:
         super().__init__(
-            policy,
+            policy,  # type: ignore[arg-type]  # PPO's annotation names ActorCriticPolicy; M3POPolicy stands in for it
             env,
             learning_rate=learning_rate,
             n_steps=n_steps,
@@ -223,7 +224,7 @@ class M3PO(PPO):
         self.task_names: tuple[str, ...] | None = None
         self._task_stats: TaskEpisodeStats | None = None
         self._plan: th.Tensor | None = None
-        self._last_original_obs: np.ndarray | None = None
+        self._last_original_obs = None
         self._validate_hyperparameters()
         if self.env is not None:  # load() builds the model without an env and restores the spaces later
             self._check_spaces()
@@ -365,7 +366,8 @@ class M3PO(PPO):
         return ["policy", "policy.optimizer", "policy.wm_optimizer"], []
 
     # ------------------------------------------------------------------ collection
-    def _flat(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    def _flat(self, obs: VecEnvObs | None) -> np.ndarray:
+        assert obs is not None and not isinstance(obs, tuple), f"M3PO needs array or dict observations, got {type(obs)}"
         return flatten_observation(obs, self.n_envs)
 
     def _check_finite(self, what: str, array: np.ndarray) -> None:
@@ -433,7 +435,7 @@ class M3PO(PPO):
             n_steps += 1
 
             self._check_finite("reward", np.asarray(rewards, dtype=np.float64))
-            next_obs = real_next_observation(new_obs, dones, infos)
+            next_obs = real_next_observation(new_obs, dones, infos)  # type: ignore[arg-type]  # tuple spaces are refused
             next_flat = self._flat(next_obs)
             self._check_finite("next observation", next_flat)
             truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=bool) & dones

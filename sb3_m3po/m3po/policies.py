@@ -183,8 +183,10 @@ class M3POPolicy(BasePolicy):
         self.value_net = mlp(in_dim, [self.prior_dim, self.prior_dim], 1)
         self.log_std = nn.Parameter(th.full((self.action_dim,), self.log_std_init))
         # Small initial prior means, as SB3 does for PPO's action head
-        nn.init.orthogonal_(self.actor[-1].weight, gain=0.01)
-        nn.init.zeros_(self.actor[-1].bias)
+        actor_out = self.actor[-1]
+        assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
+        nn.init.orthogonal_(actor_out.weight, gain=0.01)
+        nn.init.zeros_(actor_out.bias)
         self.planner = MPPIPlanner(self.planner_config)
         masks = None
         if self.task_action_dims is not None:
@@ -393,7 +395,8 @@ class M3POPolicy(BasePolicy):
         action is a deterministic function of the observation and state.
         """
         self.set_training_mode(False)
-        vectorized = is_vectorized_observation(observation, self.observation_space)
+        # SB3 handles Dict observations here too; its annotation names only arrays
+        vectorized = is_vectorized_observation(observation, self.observation_space)  # type: ignore[arg-type]
         if isinstance(observation, dict):
             n_envs = len(next(iter(observation.values()))) if vectorized else 1
         else:
@@ -416,6 +419,7 @@ class M3POPolicy(BasePolicy):
         with th.inference_mode():
             out = self.act(obs, plan, deterministic, generator)
         actions = self.unscale_action(np.clip(out.action.cpu().numpy(), -1.0, 1.0))
+        assert self.action_space.shape is not None, "M3PO needs a Box action space"
         actions = actions.reshape((-1, *self.action_space.shape))
         if not vectorized:
             actions = actions.squeeze(axis=0)

@@ -68,8 +68,10 @@ class WorldModel(nn.Module):
         self.reward_head = mlp(latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
         self.q_ensemble = EnsembleMLP(num_q, latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
         # Zero-init output layers so initial reward/Q predictions are 0 (as in TD-MPC2)
-        nn.init.zeros_(self.reward_head[-1].weight)
-        nn.init.zeros_(self.reward_head[-1].bias)
+        reward_out = self.reward_head[-1]
+        assert isinstance(reward_out, nn.Linear), f"the reward head must end in nn.Linear, got {reward_out}"
+        nn.init.zeros_(reward_out.weight)
+        nn.init.zeros_(reward_out.bias)
         nn.init.zeros_(self.q_ensemble.head.weight)
         nn.init.zeros_(self.q_ensemble.head.bias)
         self.target_q_ensemble = copy.deepcopy(self.q_ensemble).requires_grad_(False)
