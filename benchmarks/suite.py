@@ -995,7 +995,23 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads: int = 1, device: str = "auto") -> list[str]:
+def _status_line(label: str, done: int, total: int, started: float) -> str:
+    """One line of a background runner's log: a run's simulator steps so far and its elapsed time."""
+    elapsed = time.monotonic() - started
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = f", about {(total - done) / rate / 60:.0f} min left" if rate > 0 else ""
+    return f"running {label}: {done}/{total} sim steps after {elapsed / 60:.0f} min ({rate:.1f}/s{eta})"
+
+
+def execute(
+    suite: Suite,
+    layout: Layout,
+    runs: list[Run],
+    workers: int,
+    threads: int = 1,
+    device: str = "auto",
+    status_every: float = 300.0,
+) -> list[str]:
     """
     Train the runs, ``workers`` at a time, with a progress display; write each finished run's CSV and record.
 
@@ -1005,6 +1021,7 @@ def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads
     :param workers: runs at a time
     :param threads: torch/OpenMP threads per run
     :param device: torch device of the runs
+    :param status_every: seconds between the plain status lines printed when the output is not a terminal
     :return: labels of the runs that failed, with the reason
     """
     from rich.console import Console
@@ -1026,6 +1043,9 @@ def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads
     handled = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
     previous = {signum: signal.signal(signum, interrupt) for signum in handled}
     console = Console(stderr=False)
+    # rich redraws its bars only on a terminal; a runner in the background (output to a log file) prints a
+    # plain status line per active run every ``status_every`` seconds instead, so its log shows where it is
+    last_status = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, refresh_per_second=1) as progress:
         overall = progress.add_task(f"[bold]{suite.name}: runs done", total=len(runs))
@@ -1050,9 +1070,14 @@ def execute(suite: Suite, layout: Layout, runs: list[Run], workers: int, threads
                     )
                     active.append(_Active(run, process, log, time.monotonic(), command, commit, task_id))
                 time.sleep(1.0)
+                show_status = not console.is_terminal and time.monotonic() - last_status >= status_every
+                if show_status:
+                    last_status = time.monotonic()
                 for item in list(active):
                     done = min(_progress_of(item.log.name) * item.run.task.action_repeat, item.run.task.sim_steps)
                     progress.update(item.progress_id, completed=done)
+                    if show_status:
+                        progress.console.print(_status_line(item.run.label, done, item.run.task.sim_steps, item.started))
                     code = item.process.poll()
                     if code is None:
                         # a high-water mark: the last reading before the process ends is (almost) its peak
@@ -1719,6 +1744,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", action="store_true", help="only write the summary of the finished runs")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run (default 1)")
     parser.add_argument("--device", default="auto", help="torch device of the runs (rl-zoo3 --device, default auto)")
+    parser.add_argument(
+        "--status-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="when the output is not a terminal (a background run), print each run's progress this often (default 300)",
+    )
     parser.add_argument("--results-dir", help="results folder (default benchmarks/results/<suite>)")
     parser.add_argument("--runs-dir", help="folder of the rl-zoo3 runs (default benchmarks/runs/<suite>)")
     parser.add_argument(
@@ -1751,7 +1783,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(todo)} to run, {min(args.workers, max(len(todo), 1))} at a time",
                     flush=True,
                 )
-                failed = execute(suite, layout, todo, args.workers, args.threads, args.device) if todo else []
+                failed = []
+                if todo:
+                    failed = execute(suite, layout, todo, args.workers, args.threads, args.device, args.status_every)
         summarize(suite, layout)
         print(f"summary: {shown_path(os.path.join(layout.results, 'summary.md'))}")
     except SuiteError as e:

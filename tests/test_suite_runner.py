@@ -70,9 +70,12 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     leftover.parent.mkdir(parents=True)
     leftover.write_text("")
 
-    out = run_runner(suite_file, "--workers", "2", *folders)
+    out = run_runner(suite_file, "--workers", "2", "--status-every", "0", *folders)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 to run" in out.stdout
+    assert "running pendulum/ppo/seed0: " in out.stdout and " sim steps after " in out.stdout, (
+        "a runner whose output is not a terminal prints plain progress lines"
+    )
     assert not leftover.exists(), "a run without a record restarts from a clean folder"
     for algo in ["m3po_tiny", "ppo"]:
         with open(results / "raw" / "pendulum" / f"{algo}_seed0.csv") as f:
