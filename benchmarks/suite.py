@@ -1077,7 +1077,8 @@ def execute(
                     done = min(_progress_of(item.log.name) * item.run.task.action_repeat, item.run.task.sim_steps)
                     progress.update(item.progress_id, completed=done)
                     if show_status:
-                        progress.console.print(_status_line(item.run.label, done, item.run.task.sim_steps, item.started))
+                        line = _status_line(item.run.label, done, item.run.task.sim_steps, item.started)
+                        progress.console.print(line, soft_wrap=True, markup=False)
                     code = item.process.poll()
                     if code is None:
                         # a high-water mark: the last reading before the process ends is (almost) its peak
