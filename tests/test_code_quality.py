@@ -1,7 +1,6 @@
 """The repository stays ruff clean and type checks with mypy (configuration in pyproject.toml and setup.cfg)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,8 +14,8 @@ def _run(*command: str) -> None:
     assert result.returncode == 0, f"`{' '.join(command)}` failed:\n{result.stdout}\n{result.stderr}"
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed (pip install -e '.[tests]')")
 def test_ruff_lint_and_format() -> None:
+    pytest.importorskip("ruff", reason="ruff is not installed (pip install -e '.[tests]')")
     _run("ruff", "check", ".")
     _run("ruff", "format", "--check", ".")
 
