@@ -54,6 +54,7 @@ def test_rollout_buffer_stores_behaviour_log_prob_and_yields_all_samples():
             th.zeros(n_envs),
             th.zeros(n_envs),
             th.full((n_envs,), -1.0),
+            th.full((n_envs, 2), 0.5),
             np.full((n_envs, 3), t + 1.0),
             np.zeros(n_envs),
             np.zeros(n_envs),
@@ -65,3 +66,4 @@ def test_rollout_buffer_stores_behaviour_log_prob_and_yields_all_samples():
     samples = list(buf.get(batch_size=5))
     assert sum(len(s.observations) for s in samples) == n_steps * n_envs
     assert all((s.behaviour_log_prob == -1.0).all() for s in samples)
+    assert all(s.old_prior_mean.shape == (len(s.observations), 2) and (s.old_prior_mean == 0.5).all() for s in samples)

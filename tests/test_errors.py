@@ -129,6 +129,7 @@ def test_nan_planned_action_raises(tiny):
         ({"bonus_coef": -1.0}, "bonus_coef"),
         ({"bonus_anneal_fraction": 0.0}, "bonus_anneal_fraction"),
         ({"target_kl": 0.0}, "target_kl"),
+        ({"kl_estimate": "exact"}, "kl_estimate"),
         ({"dual_clip": 1.0}, "dual_clip"),
         ({"policy_kwargs": {"model_size": "huge"}}, "model_size"),
         ({"policy_kwargs": {"latent_dim": 30}}, "latent_dim"),

@@ -231,3 +231,23 @@ def test_prior_update_without_dual_clip_equals_sb3_ppo_train(tiny):
     assert any(not th.equal(a, b) for a, b in zip(ours, before, strict=True)), "the update changed nothing"
     for a, b in zip(ours, sb3, strict=True):
         assert th.allclose(a, b, atol=1e-6)
+
+
+def test_analytic_kl_is_zero_before_the_update_and_stops_it(tiny, monkeypatch):
+    model = M3PO("MlpPolicy", "Pendulum-v1", kl_estimate="analytic", **tiny)
+    monkeypatch.setattr(model, "train", lambda: None)
+    model.learn(32)  # one rollout by the planner, no update
+    policy = model.policy
+    for data in model.rollout_buffer.get(None):
+        prior = policy.evaluate_prior(data.observations, data.actions)
+        # the stored reference is the prior the rollout's log-probabilities were taken under
+        assert th.allclose(prior.mean, data.old_prior_mean, atol=1e-6)
+        assert th.allclose(prior.log_prob, data.old_log_prob, atol=1e-4)
+    steps = []
+    step = policy.optimizer.step
+    monkeypatch.setattr(policy.optimizer, "step", lambda *a, **k: steps.append(1) or step(*a, **k))
+    model.target_kl = 1e-9  # any move of the prior exceeds it: one minibatch updates, the next stops
+    model._train_prior()
+    assert len(steps) == 1
+    # logged: the mean over both measured minibatches, 0 before the step and > 0 after it
+    assert 0.0 < model.logger.name_to_value["train/prior_kl"] < 1.0

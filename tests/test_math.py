@@ -8,6 +8,7 @@ from sb3_m3po.common.math import (
     clipped_surrogate,
     exploration_bonus,
     importance_corrected_gae,
+    masked_gaussian_kl,
     mppi_refit,
     simnorm,
     soft_ce,
@@ -200,3 +201,34 @@ def test_dual_clip_bounds_negative_advantages_only():
     assert dual == pytest.approx([3.0, -1.2, 2.0])
     with pytest.raises(AssertionError, match="dual_clip must be > 1"):
         clipped_surrogate(log_ratio, adv, 0.2, dual_clip=1.0)
+
+
+def test_masked_gaussian_kl_is_the_closed_form_over_valid_dims():
+    gen = th.Generator().manual_seed(0)
+    mean_p, mean_q = th.randn(5, 3, generator=gen), th.randn(5, 3, generator=gen)
+    std_p, std_q = th.rand(5, 3, generator=gen) + 0.1, th.rand(5, 3, generator=gen) + 0.1
+    expected = th.distributions.kl_divergence(th.distributions.Normal(mean_p, std_p), th.distributions.Normal(mean_q, std_q))
+    assert th.allclose(masked_gaussian_kl(mean_p, std_p, mean_q, std_q), expected.sum(-1), atol=1e-5)
+    assert th.allclose(masked_gaussian_kl(mean_p, std_p, mean_p, std_p), th.zeros(5), atol=1e-6)
+    # masked dims count for nothing, even with a zero std there
+    mask = th.tensor([1.0, 1.0, 0.0]).expand(5, 3)
+    std_p_masked = th.where(mask > 0, std_p, th.zeros_like(std_p))
+    masked = masked_gaussian_kl(mean_p, std_p_masked, mean_q, std_q, mask)
+    assert th.isfinite(masked).all()
+    assert th.allclose(masked, expected[:, :2].sum(-1), atol=1e-5)
+
+
+def test_sample_kl_estimate_on_tail_actions_overstates_the_true_kl():
+    # Why M3PO offers kl_estimate="analytic": PPO's estimate mean((r - 1) - log r) is unbiased for
+    # actions drawn from the old prior, but planner actions 4 stds out inflate it many times over.
+    old, new = th.distributions.Normal(0.0, 1.0), th.distributions.Normal(0.1, 1.0)
+    true_kl = masked_gaussian_kl(th.zeros(1), th.ones(1), th.full((1,), 0.1), th.ones(1))
+    on_prior = th.randn(200_000, generator=th.Generator().manual_seed(0))
+    tail = th.full((1000,), 4.0)
+
+    def k3(actions: th.Tensor) -> th.Tensor:
+        log_ratio = new.log_prob(actions) - old.log_prob(actions)
+        return ((log_ratio.exp() - 1) - log_ratio).mean()
+
+    assert th.allclose(k3(on_prior), true_kl, rtol=0.05)
+    assert k3(tail) > 10 * true_kl

@@ -22,6 +22,7 @@ class M3PORolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     behaviour_log_prob: th.Tensor
+    old_prior_mean: th.Tensor  # (B, A) prior mean at collection time (the closed-form KL's reference)
 
 
 class ReplaySamples(NamedTuple):
@@ -41,7 +42,7 @@ class M3PORolloutBuffer(RolloutBuffer):
     Besides SB3's fields it stores the real next observation (terminal one on episode
     end), terminated vs truncated, the behaviour log-probability of the executed action
     under the distribution it was drawn from (MPPI's Gaussian, or the prior when the
-    planner is off), ``Q_MB``, ``Q_MF``, the raw and normalised bonus, and the
+    planner is off), the prior's mean at collection time, ``Q_MB``, ``Q_MF``, the raw and normalised bonus, and the
     importance-corrected, bonus-augmented advantage.
 
     Observations are stored flat, ``(n_steps, n_envs, obs_dim)``.
@@ -69,6 +70,7 @@ class M3PORolloutBuffer(RolloutBuffer):
         shape = (self.buffer_size, self.n_envs)
         self.next_observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
         self.behaviour_log_probs = np.zeros(shape, dtype=np.float32)
+        self.prior_means = np.zeros((*shape, self.action_dim), dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=np.float32)
         self.dones = np.zeros(shape, dtype=np.float32)
         self.next_values = np.zeros(shape, dtype=np.float32)
@@ -89,6 +91,7 @@ class M3PORolloutBuffer(RolloutBuffer):
         value: th.Tensor,
         log_prob: th.Tensor,
         behaviour_log_prob: th.Tensor,
+        prior_mean: th.Tensor,
         next_obs: np.ndarray,
         terminated: np.ndarray,
         done: np.ndarray,
@@ -96,6 +99,7 @@ class M3PORolloutBuffer(RolloutBuffer):
         """Add one step of all envs (``pos`` advances through :meth:`add`)."""
         self.next_observations[self.pos] = next_obs
         self.behaviour_log_probs[self.pos] = behaviour_log_prob.cpu().numpy()
+        self.prior_means[self.pos] = prior_mean.cpu().numpy()
         self.terminated[self.pos] = terminated
         self.dones[self.pos] = done
         self.add(obs, action, reward, episode_start, value, log_prob)
@@ -129,7 +133,16 @@ class M3PORolloutBuffer(RolloutBuffer):
         assert self.full, "the rollout buffer must be full before sampling"
         indices = np.random.permutation(self.buffer_size * self.n_envs)
         if not self.generator_ready:
-            for name in ["observations", "actions", "values", "log_probs", "advantages", "returns", "behaviour_log_probs"]:
+            for name in [
+                "observations",
+                "actions",
+                "values",
+                "log_probs",
+                "advantages",
+                "returns",
+                "behaviour_log_probs",
+                "prior_means",
+            ]:
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
             self.generator_ready = True
         if batch_size is None:
@@ -148,6 +161,7 @@ class M3PORolloutBuffer(RolloutBuffer):
             self.advantages[batch_inds].flatten(),
             self.returns[batch_inds].flatten(),
             self.behaviour_log_probs[batch_inds].flatten(),
+            self.prior_means[batch_inds],
         )
         return M3PORolloutBufferSamples(*tuple(map(self.to_torch, data)))
 

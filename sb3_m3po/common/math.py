@@ -217,6 +217,32 @@ def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th
     return (entropy * mask).sum(-1)
 
 
+def masked_gaussian_kl(
+    mean_p: th.Tensor, std_p: th.Tensor, mean_q: th.Tensor, std_q: th.Tensor, mask: th.Tensor | None = None
+) -> th.Tensor:
+    """
+    ``KL(N(mean_p, std_p) || N(mean_q, std_q))`` of diagonal Gaussians, summed over the valid dims of the last axis.
+
+    PPO's sample estimate of this KL averages over the stored actions; when those come from the
+    planner rather than the prior they sit in the prior's tails, where a small change of the mean
+    moves the log-ratio a lot, so the estimate can be many times the true KL. The closed form needs
+    no samples.
+
+    :param mean_p: ``(..., A)`` mean of the first (old) distribution
+    :param std_p: ``(..., A)`` its std
+    :param mean_q: ``(..., A)`` mean of the second (new) distribution
+    :param std_q: ``(..., A)`` its std
+    :param mask: optional ``(..., A)`` of 0/1, 1 on valid dimensions (masked stds may be 0)
+    :return: ``(...)``
+    """
+    if mask is not None:
+        valid = mask > 0
+        mean_p, mean_q = th.where(valid, mean_p, 0.0), th.where(valid, mean_q, 0.0)
+        std_p, std_q = th.where(valid, std_p, 1.0), th.where(valid, std_q, 1.0)
+    kl = th.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2.0 * std_q**2) - 0.5
+    return kl.sum(-1)
+
+
 def importance_corrected_gae(
     rewards: np.ndarray,
     values: np.ndarray,

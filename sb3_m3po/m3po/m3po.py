@@ -20,7 +20,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.callbacks import TaskEpisodeStats, record_task_metric
-from sb3_m3po.common.math import clipped_surrogate, exploration_bonus, group_mean_std
+from sb3_m3po.common.math import clipped_surrogate, exploration_bonus, group_mean_std, masked_gaussian_kl
 from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
@@ -60,6 +60,11 @@ class M3PO(PPO):
         (None: off). On by default, unlike SB3's PPO: the planner's actions sit in the prior's tails,
         and without the stop the prior update moved far outside PPO's trust region on most Meta-World
         rollouts (median KL 3-5) and learned less (``benchmarks/results/metaworld/ppo_health.md``).
+    :param kl_estimate: the KL that ``target_kl`` bounds: ``"sample"`` (SB3's estimate
+        ``mean((r - 1) - log r)`` over the stored actions) or ``"analytic"`` (closed-form KL between the
+        prior Gaussian at collection time and now, at the rollout observations). Both are logged
+        (``train/approx_kl``, ``train/prior_kl``). The sample estimate is unbiased only for actions drawn
+        from the prior; the planner's actions lie in its tails and inflate it.
     :param dual_clip: bound ``ratio * A`` for negative advantages at ``dual_clip * A`` (Ye et al. 2020;
         None: off). Planner actions can be far in the prior's tail, where a small change of the
         prior multiplies their ratio; without this bound those few samples dominate the update.
@@ -128,6 +133,7 @@ class M3PO(PPO):
         vf_coef: float = 0.5,
         max_grad_norm: float = 0.5,
         target_kl: float | None = 0.05,
+        kl_estimate: str = "sample",
         dual_clip: float | None = 3.0,
         use_planner: bool = True,
         horizon: int = 3,
@@ -191,6 +197,7 @@ class M3PO(PPO):
             _init_setup_model=False,
         )
         self.dual_clip = dual_clip
+        self.kl_estimate = kl_estimate
         self.use_planner = use_planner
         self.horizon = horizon
         self.num_samples = num_samples
@@ -242,6 +249,7 @@ class M3PO(PPO):
         require(self.n_epochs >= 1, "n_epochs", "an integer >= 1")
         require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "None or a value > 1")
         require(self.target_kl is None or self.target_kl > 0, "target_kl", "None or a value > 0")
+        require(self.kl_estimate in ("sample", "analytic"), "kl_estimate", "'sample' or 'analytic'")
         require(0 < self.gamma <= 1, "gamma", "a value in (0, 1]")
         require(0 <= self.gae_lambda <= 1, "gae_lambda", "a value in [0, 1]")
         require(self.wm_batch_size >= 1, "wm_batch_size", "an integer >= 1")
@@ -448,6 +456,7 @@ class M3PO(PPO):
                 out.value,
                 out.log_prob,
                 out.behaviour_log_prob,
+                out.prior_mean,
                 next_flat,
                 terminated,
                 dones,
@@ -546,32 +555,48 @@ class M3PO(PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         params = [p for group in policy.optimizer.param_groups for p in group["params"]]
-        # per minibatch: policy loss, value loss, entropy loss, clip fraction, approx KL, max |log-ratio|;
-        # kept as tensors so that a GPU syncs once per update, not per minibatch (unless target_kl needs it)
+        # the prior's std is state-independent and fixed during collection: its value now is the old one
+        old_std = policy.log_std.detach().exp()
+        # per minibatch: policy loss, value loss, entropy loss, clip fraction, sample KL, max |log-ratio|,
+        # closed-form prior KL; kept as tensors so that a GPU syncs once per update, not per minibatch
+        # (unless target_kl needs it)
         stats: list[th.Tensor] = []
         loss = th.zeros(())
         stop = False
         for epoch in range(self.n_epochs):
             for data in self.rollout_buffer.get(self.batch_size):
-                values, log_prob, entropy = policy.evaluate_actions(data.observations, data.actions)
-                values = values.flatten()
+                prior = policy.evaluate_prior(data.observations, data.actions)
+                values = prior.values.flatten()
                 advantages = data.advantages
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                log_ratio = log_prob - data.old_log_prob
+                log_ratio = prior.log_prob - data.old_log_prob
                 terms = clipped_surrogate(log_ratio, advantages, clip_range, self.dual_clip)
+                with th.no_grad():
+                    prior_kl = masked_gaussian_kl(
+                        data.old_prior_mean, old_std.expand_as(prior.mean), prior.mean, prior.std, prior.mask
+                    ).mean()
                 values_pred = values
                 if clip_range_vf is not None:
                     values_pred = data.old_values + th.clamp(values - data.old_values, -clip_range_vf, clip_range_vf)
                 value_loss = th.nn.functional.mse_loss(data.returns, values_pred)
-                entropy_loss = -th.mean(entropy)
+                entropy_loss = -th.mean(prior.entropy)
                 loss = terms.loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                parts = (terms.loss, value_loss, entropy_loss, terms.clip_fraction, terms.approx_kl, log_ratio.abs().max())
+                parts = (
+                    terms.loss,
+                    value_loss,
+                    entropy_loss,
+                    terms.clip_fraction,
+                    terms.approx_kl,
+                    log_ratio.abs().max(),
+                    prior_kl,
+                )
                 stats.append(th.stack(parts).detach())
-                if self.target_kl is not None and float(terms.approx_kl) > 1.5 * self.target_kl:
+                kl = prior_kl if self.kl_estimate == "analytic" else terms.approx_kl
+                if self.target_kl is not None and float(kl) > 1.5 * self.target_kl:
                     stop = True
                     if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {float(terms.approx_kl):.2f}")
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {float(kl):.2f}")
                     break
                 policy.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -588,6 +613,7 @@ class M3PO(PPO):
         self.logger.record("train/entropy_loss", means[2])
         self.logger.record("train/clip_fraction", means[3])
         self.logger.record("train/approx_kl", means[4])
+        self.logger.record("train/prior_kl", means[6])
         self.logger.record("train/max_abs_log_ratio", max_log_ratio)
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_variance(buf.values.flatten(), buf.returns.flatten()))

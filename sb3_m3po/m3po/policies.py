@@ -38,6 +38,16 @@ class ActResult(NamedTuple):
     behaviour_log_prob: th.Tensor  # (B,) log-probability under the distribution it was drawn from
     plan: th.Tensor  # (B, H, A) refitted plan for the next warm start
     behaviour_std: th.Tensor  # (B, A)
+    prior_mean: th.Tensor  # (B, A) mean of the prior the log-probability was taken under
+
+
+class PriorEvaluation(NamedTuple):
+    values: th.Tensor  # (B, 1)
+    log_prob: th.Tensor  # (B,) prior log-probability of the given actions (valid dims)
+    entropy: th.Tensor  # (B,) prior entropy (valid dims)
+    mean: th.Tensor  # (B, A) prior mean
+    std: th.Tensor  # (B, A) prior std
+    mask: th.Tensor | None  # (B, A) valid action dims (None: all)
 
 
 class M3POPolicy(BasePolicy):
@@ -354,6 +364,7 @@ class M3POPolicy(BasePolicy):
             log_prob if behaviour_log_prob is None else behaviour_log_prob,
             plan,
             std,
+            prior.mean,
         )
 
     def initial_plan(self, n_envs: int) -> th.Tensor:
@@ -366,11 +377,23 @@ class M3POPolicy(BasePolicy):
 
     def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Values, prior log-probabilities and prior entropy of stored flat observations and actions."""
+        out = self.evaluate_prior(obs, actions)
+        return out.values, out.log_prob, out.entropy
+
+    def evaluate_prior(self, obs: th.Tensor, actions: th.Tensor) -> PriorEvaluation:
+        """:meth:`evaluate_actions` plus the prior Gaussian itself (for the closed-form KL of the update)."""
         task = self.task_ids(obs)
         with th.no_grad():
             z = self.world_model.encode(obs, task)
         dist = self.prior_distribution(z, task)
-        return self.value(z, task), self.prior_log_prob(dist, actions, task), self.prior_entropy(dist, task)
+        return PriorEvaluation(
+            self.value(z, task),
+            self.prior_log_prob(dist, actions, task),
+            self.prior_entropy(dist, task),
+            dist.mean,
+            dist.stddev,
+            self.action_mask(task),
+        )
 
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
         return self.value(self.encode(obs), self.task_ids(obs))
