@@ -25,7 +25,7 @@ if HERE not in sys.path:  # also loaded from its path by the tests
     sys.path.insert(0, HERE)
 from report import merge_previous, record_names, write_report  # noqa: E402  (same folder)
 
-KEYS = ("approx_kl", "clip_fraction", "max_abs_log_ratio", "is_weight_mean")
+KEYS = ("approx_kl", "prior_kl", "clip_fraction", "max_abs_log_ratio", "is_weight_mean")
 COLUMNS = (
     "task",
     "algorithm",
@@ -34,6 +34,7 @@ COLUMNS = (
     "approx_kl_median",
     "approx_kl_gt_0.1",
     "approx_kl_gt_1",
+    "prior_kl_median",
     "clip_fraction_median",
     "max_abs_log_ratio_max",
     "is_weight_mean_median",
@@ -78,6 +79,7 @@ def health_row(values: dict[str, list[float]]) -> dict[str, float | int | None]:
         "approx_kl_median": stat("approx_kl", np.median),
         "approx_kl_gt_0.1": None if len(kl) == 0 else float(np.mean(kl > 0.1)),
         "approx_kl_gt_1": None if len(kl) == 0 else float(np.mean(kl > 1.0)),
+        "prior_kl_median": stat("prior_kl", np.median),
         "clip_fraction_median": stat("clip_fraction", np.median),
         "max_abs_log_ratio_max": stat("max_abs_log_ratio", np.max),
         "is_weight_mean_median": stat("is_weight_mean", np.median),
@@ -115,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Written by `python benchmarks/ppo_health.py " + args.suite + "` from the runs' console logs (one row per",
         "run; an update is one PPO phase after a rollout). `approx_kl > 1` means the prior moved far outside",
-        "PPO's trust region on that rollout; `is_weight_mean` is the mean truncated importance weight",
-        "min(1, prior / planner) of the rollout's actions.",
+        "PPO's trust region on that rollout; `approx_kl` is SB3's sample estimate over the rollout's (planner)",
+        "actions, `prior_kl` the closed-form KL between the prior Gaussians before and during the update (logged",
+        "since `kl_estimate` exists; empty for older runs); `is_weight_mean` is the mean truncated importance",
+        "weight min(1, prior / planner) of the rollout's actions.",
         "",
     ]
     rows = merge_previous(os.path.join(out_dir, "ppo_health.csv"), rows, ("task", "algorithm", "seed"))

@@ -125,6 +125,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     assert row["task"] == "pendulum" and row["seed"] == "0" and int(row["updates"]) >= 2
     assert 0 <= float(row["approx_kl_median"]) < 1 and 0 <= float(row["clip_fraction_median"]) <= 1
     assert float(row["max_abs_log_ratio_max"]) > 0
+    assert 0 <= float(row["prior_kl_median"]) < 1, "the closed-form KL of the prior update is logged and read"
 
     # A second invocation finds both runs finished and trains nothing.
     mtime = os.path.getmtime(results / "raw" / "pendulum" / "ppo_seed0.json")

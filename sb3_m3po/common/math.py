@@ -223,10 +223,9 @@ def masked_gaussian_kl(
     """
     ``KL(N(mean_p, std_p) || N(mean_q, std_q))`` of diagonal Gaussians, summed over the valid dims of the last axis.
 
-    PPO's sample estimate of this KL averages over the stored actions; when those come from the
-    planner rather than the prior they sit in the prior's tails, where a small change of the mean
-    moves the log-ratio a lot, so the estimate can be many times the true KL. The closed form needs
-    no samples.
+    PPO's sample estimate of this KL averages over the stored actions, which is unbiased only when
+    they were drawn from the old distribution; M3PO's come from the planner (actions in the prior's
+    tails inflate the estimate, actions near its mean deflate it). The closed form needs no samples.
 
     :param mean_p: ``(..., A)`` mean of the first (old) distribution
     :param std_p: ``(..., A)`` its std

@@ -64,7 +64,7 @@ class M3PO(PPO):
         ``mean((r - 1) - log r)`` over the stored actions) or ``"analytic"`` (closed-form KL between the
         prior Gaussian at collection time and now, at the rollout observations). Both are logged
         (``train/approx_kl``, ``train/prior_kl``). The sample estimate is unbiased only for actions drawn
-        from the prior; the planner's actions lie in its tails and inflate it.
+        from the prior, and the executed actions come from the planner; the closed form needs no samples.
     :param dual_clip: bound ``ratio * A`` for negative advantages at ``dual_clip * A`` (Ye et al. 2020;
         None: off). Planner actions can be far in the prior's tail, where a small change of the
         prior multiplies their ratio; without this bound those few samples dominate the update.
