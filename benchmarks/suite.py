@@ -1685,6 +1685,8 @@ def relabel(suite: Suite, layout: Layout, old: str, new: str, because: str) -> l
     for path, target, record in moves:
         spec = Run(suite.tasks[record.task], suite.algorithms[new], record.seed).spec()
         note = f"made as '{old}' with spec params {record.spec.get('params')}; relabelled '{new}': {because}"
+        if record.relabelled:  # a second relabel keeps the history of the first
+            note = f"{record.relabelled}; then {note}"
         record = dataclasses.replace(record, algorithm=new, spec=spec, relabelled=note)
         with open(path[: -len(".json")] + ".csv") as f:
             rows = list(csv.DictReader(f))

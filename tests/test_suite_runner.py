@@ -164,6 +164,10 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         with pytest.raises(suite_runner.SuiteError, match=message):
             suite_runner.relabel(suite, layout, old, new, because)
     assert (raw / "m3po_same_seed0.json").exists() and (raw / "ppo_seed0.json").stat().st_mtime == mtime
+    suite_runner.relabel(suite, layout, "m3po_same", "m3po_tiny", "renamed back")
+    with open(raw / "m3po_tiny_seed0.json") as f:
+        note = json.load(f)["relabelled"]
+    assert note.index("relabelled 'm3po_same'") < note.index("then made as 'm3po_same'"), "a second relabel keeps the first"
 
     # A changed suite never overwrites a finished run: the runner stops and names the record.
     changed = tiny_suite(tiny)
