@@ -74,7 +74,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -1713,6 +1713,12 @@ def _relabel_report_rows(suite: Suite, layout: Layout, old: str, new: str, runs:
     when its algorithm and seed match and its ``task`` is the run's, or is no task of the suite (a
     multi-task report names the tasks inside the env).
     """
+
+    def is_relabelled(row: dict[str, str]) -> bool:
+        task = row.get("task")
+        seeds = {seed for run_task, seed in runs if task == run_task or task not in suite.tasks}
+        return row["algorithm"] == old and row["seed"].isdigit() and int(row["seed"]) in seeds
+
     for path in sorted(glob.glob(os.path.join(layout.results, "*.csv"))):
         if os.path.basename(path) == "runs.csv":
             continue  # rewritten by the summary
@@ -1723,9 +1729,7 @@ def _relabel_report_rows(suite: Suite, layout: Layout, old: str, new: str, runs:
             continue
         changed = False
         for row in rows:
-            task = row.get("task")
-            seeds = {seed for run_task, seed in runs if task == run_task or task not in suite.tasks}
-            if row["algorithm"] == old and row["seed"].isdigit() and int(row["seed"]) in seeds:
+            if is_relabelled(row):
                 row["algorithm"], changed = new, True
         if changed:
             table = io.StringIO()
@@ -1733,6 +1737,41 @@ def _relabel_report_rows(suite: Suite, layout: Layout, old: str, new: str, runs:
             writer.writeheader()
             writer.writerows(rows)
             _write_atomic(path, table.getvalue())
+        report = path[: -len(".csv")] + ".md"
+        if os.path.exists(report):
+            with open(report) as f:
+                text = f.read()
+            renamed = _rename_markdown_rows(text, is_relabelled, new)
+            if renamed != text:
+                _write_atomic(report, renamed)
+
+
+def _rename_markdown_rows(text: str, is_relabelled: Callable[[dict[str, str]], bool], new: str) -> str:
+    """
+    Set the ``algorithm`` cell of the rows of every markdown table in ``text`` that ``is_relabelled`` picks.
+
+    A report's ``.md`` holds the same rows as its ``.csv``; without this the two would disagree after
+    ``--relabel``. Tables without ``algorithm`` and ``seed`` columns are left alone.
+
+    :param text: the markdown
+    :param is_relabelled: picks a row, given its cells by column name
+    :param new: the algorithm name the picked rows get
+    :return: the markdown with those cells replaced
+    """
+    lines, columns = text.split("\n"), None
+    for i, line in enumerate(lines):
+        if not line.startswith("|"):
+            columns = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if columns is None:
+            columns = cells
+        elif {"algorithm", "seed"} <= set(columns) and len(cells) == len(columns) and not set(cells[0]) <= set("-: "):
+            row = dict(zip(columns, cells))
+            if is_relabelled(row):
+                cells[columns.index("algorithm")] = new
+                lines[i] = "| " + " | ".join(cells) + " |"
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         assert {r["algorithm"] for r in csv.DictReader(f)} == {"m3po_same"}
     with open(results / "ppo_health.csv") as f:
         assert [r["algorithm"] for r in csv.DictReader(f)] == ["m3po_same"], "the run's report rows follow it"
+    assert "| pendulum | m3po_same | 0 |" in (results / "ppo_health.md").read_text(), "so do the rows of its .md"
     summary = (results / "summary.md").read_text()
     assert "| m3po_same | 1 |" in summary and "Relabelled runs" in summary
     suite, layout = suite_runner.load_suite(renamed_file), suite_runner.Layout(str(results), str(runs))
