@@ -6,6 +6,7 @@ import pytest
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.utils import NonFiniteError
@@ -158,3 +159,20 @@ def test_predict_refuses_nan_observation(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
     with pytest.raises(NonFiniteError, match="non-finite"):
         model.predict(np.array([np.nan, 0.0, 0.0], dtype=np.float32))
+
+
+def test_foreign_corrupt_or_mismatched_replay_buffer(tiny, tmp_path):
+    from stable_baselines3 import SAC
+
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    SAC("MlpPolicy", "Pendulum-v1", buffer_size=100).save_replay_buffer(tmp_path / "sac.pkl")
+    with pytest.raises(ValueError, match="sac.pkl holds a ReplayBuffer, not an M3PO"):
+        model.load_replay_buffer(tmp_path / "sac.pkl")
+    (tmp_path / "broken.pkl").write_bytes(b"this is not a pickle")
+    with pytest.raises(ValueError, match="broken.pkl: it is corrupt"):
+        model.load_replay_buffer(tmp_path / "broken.pkl")
+    two_envs = M3PO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2), **tiny)
+    two_envs.save_replay_buffer(tmp_path / "two.pkl")
+    with pytest.raises(ValueError, match="two.pkl: the replay buffer has n_envs 2 but the model has 1"):
+        model.load_replay_buffer(tmp_path / "two.pkl")
+    assert model.replay_buffer.n_envs == 1, "a refused buffer must not replace the model's own"

@@ -105,6 +105,24 @@ def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     assert np.array_equal(without_env.predict(obs, deterministic=True)[0], a_loaded)
 
 
+def test_replay_buffer_save_load_resumes_with_the_same_data(tiny, tmp_path):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    model.learn(96)
+    model.save(tmp_path / "m3po")
+    model.save_replay_buffer(tmp_path / "replay.pkl")
+    loaded = M3PO.load(tmp_path / "m3po", env=model.env)
+    assert loaded.replay_buffer.size() == 0
+    loaded.load_replay_buffer(tmp_path / "replay.pkl")
+    old, new = model.replay_buffer, loaded.replay_buffer
+    assert new.size() == old.size() == 96
+    for name in ["observations", "next_observations", "actions", "rewards", "terminated", "episode_ids"]:
+        assert np.array_equal(getattr(new, name), getattr(old, name)), name
+    loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.replay_buffer.size() == 128 and loaded.num_timesteps == 128
+    # the envs were reset on resume: the new steps must not extend the last stored episode
+    assert not set(new.episode_ids[96:128, 0]) & set(old.episode_ids[:96, 0])
+
+
 def test_seeded_runs_are_reproducible(tiny):
     def run():
         model = M3PO("MlpPolicy", "Pendulum-v1", seed=3, **tiny)

@@ -74,6 +74,7 @@ def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
         "1",
         "--seed",
         "0",
+        "--save-replay-buffer",
         *TINY_PARAMS,
         cwd=str(tmp_path),
     )
@@ -99,14 +100,19 @@ def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
         log,
         "-i",
         os.path.join(run_dir, "Pendulum-v1.zip"),
+        "--save-replay-buffer",
         *TINY_PARAMS,
         cwd=str(tmp_path),
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     from sb3_m3po import M3PO
 
-    model = M3PO.load(os.path.join(log, "m3po", "Pendulum-v1_2", "Pendulum-v1.zip"))
+    resumed_dir = os.path.join(log, "m3po", "Pendulum-v1_2")
+    model = M3PO.load(os.path.join(resumed_dir, "Pendulum-v1.zip"))
     assert model.num_timesteps == 96 + 64, "resuming with -i continues the step count"
+    # -i found the first run's replay_buffer.pkl, so the world model's replay holds both runs' steps
+    model.load_replay_buffer(os.path.join(resumed_dir, "replay_buffer.pkl"))
+    assert model.replay_buffer.size() == 96 + 64
     assert np.isfinite(model.policy.log_std.detach().numpy()).all()
 
 

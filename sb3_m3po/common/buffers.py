@@ -222,6 +222,35 @@ class EpisodicReplayBuffer:
         """Number of stored transitions (all envs)."""
         return (self.capacity if self.full else self.pos) * self.n_envs
 
+    def truncate_last_trajectory(self) -> None:
+        """
+        Close every env's current episode, so the next transitions start new ones.
+
+        Needed when the envs were reset since the last ``add`` (e.g. training resumed from
+        a saved buffer): without it a subsequence could join the old episode's last steps to
+        the new episode's first ones.
+        """
+        self._current_episode = self._next_episode_id + np.arange(self.n_envs, dtype=np.int64)
+        self._next_episode_id += self.n_envs
+
+    def check_compatible(self, obs_dim: int, action_dim: int, n_envs: int, num_tasks: int) -> None:
+        """
+        :raises ValueError: naming the first shape that differs from the model's
+        """
+        stored = {
+            "observation size": self.observations.shape[-1],
+            "action size": self.actions.shape[-1],
+            "n_envs": self.n_envs,
+            "num_tasks": self.num_tasks,
+        }
+        expected = {"observation size": obs_dim, "action size": action_dim, "n_envs": n_envs, "num_tasks": num_tasks}
+        for what, value in stored.items():
+            if value != expected[what]:
+                raise ValueError(
+                    f"the replay buffer has {what} {value} but the model has {expected[what]}; "
+                    "load it into a model of the same env and n_envs"
+                )
+
     def add(
         self,
         obs: np.ndarray,

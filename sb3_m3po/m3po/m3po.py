@@ -12,7 +12,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.save_util import load_from_pkl, load_from_zip_file, save_to_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
@@ -736,6 +736,47 @@ class M3PO(PPO):
         if isinstance(path, io.BufferedIOBase):
             path.seek(0)
         return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """
+        Save the world model's replay buffer as a pickle (not part of :meth:`save`, as in SB3's SAC),
+        so a resumed run (``load`` then ``load_replay_buffer``; rl-zoo3's ``--save-replay-buffer``
+        and ``-i``) trains its world model on the same data instead of starting from an empty replay.
+
+        :param path: file to write (parent folders are created)
+        """
+        assert self.replay_buffer is not None, "The replay buffer is not defined"
+        save_to_pkl(path, self.replay_buffer, self.verbose)
+
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+        """
+        Load a replay buffer saved with :meth:`save_replay_buffer`.
+
+        :param path: the pickle file
+        :param truncate_last_traj: treat every env's last stored episode as finished (True, the right
+            choice after ``load()``, since the envs are reset before training continues); False only when
+            the same envs continue the same episodes
+        :raises ValueError: if the file is unreadable, holds something other than an M3PO replay buffer,
+            or was made for another observation/action size, ``n_envs`` or number of tasks
+        """
+        try:
+            buffer = load_from_pkl(path, self.verbose)
+        except (EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError) as error:
+            raise ValueError(f"Cannot load replay buffer {path!s}: it is corrupt or not a pickle ({error})") from error
+        if not isinstance(buffer, EpisodicReplayBuffer):
+            raise ValueError(
+                f"Replay buffer {path!s} holds a {type(buffer).__name__}, not an M3PO EpisodicReplayBuffer; "
+                "it was saved by another algorithm"
+            )
+        try:
+            buffer.check_compatible(self.policy.obs_dim, self.policy.action_dim, self.n_envs, self.policy.num_tasks)
+        except ValueError as error:
+            raise ValueError(f"Cannot load replay buffer {path!s}: {error}") from error
+        if truncate_last_traj:
+            buffer.truncate_last_trajectory()
+        buffer.device = self.device
+        buffer.balanced = self.balanced_replay and buffer.num_tasks > 1
+        self.replay_buffer = buffer
 
     @th.no_grad()
     def _world_model_targets(self, batch: ReplaySamples, task: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
