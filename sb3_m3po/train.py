@@ -6,6 +6,11 @@ on the env ids of ``hyperparams/``) uses the hyperparameters shipped with this p
 Inputs rl-zoo3 would only trip over deep inside (unknown env id or algorithm, malformed
 hyperparameter file, unreachable Optuna storage) are checked first and reported in one line.
 After training, ``learning_curve.png`` is written next to ``evaluations.npz``.
+
+One flag of our own: ``--checkpoint-freq N`` saves a resumable checkpoint (model, replay buffer,
+VecNormalize statistics; :mod:`sb3_m3po.common.checkpoints`) every ``N`` steps (divided by the
+number of envs, as rl-zoo3's ``--save-freq``) to ``<run>/checkpoints/step_<steps>/``, keeping only
+the latest; ``-i <run>/checkpoints/step_<steps>/model.zip`` resumes from it.
 """
 
 import functools
@@ -19,6 +24,27 @@ from sb3_m3po.zoo import register, shipped_config
 
 class UsageError(Exception):
     """Bad command-line input, reported as one line (no traceback)."""
+
+
+CHECKPOINT_FLAG = "--checkpoint-freq"
+
+
+def pop_checkpoint_freq(argv: list[str]) -> tuple[list[str], int | None]:
+    """
+    Take ``--checkpoint-freq N`` out of the arguments rl-zoo3 gets.
+
+    :return: the remaining arguments and ``N`` (None when not given)
+    :raises UsageError: if ``N`` is missing or not a positive integer
+    """
+    value = _flag_value(argv, CHECKPOINT_FLAG)
+    present = [i for i, arg in enumerate(argv) if arg == CHECKPOINT_FLAG or arg.startswith(CHECKPOINT_FLAG + "=")]
+    if not present:
+        return argv, None
+    if value is None or not value.isdigit() or int(value) <= 0:
+        raise UsageError(f"{CHECKPOINT_FLAG} needs a positive number of steps, got {value!r}")
+    i = present[0]
+    width = 1 if "=" in argv[i] else 2
+    return argv[:i] + argv[i + width :], int(value)
 
 
 def _flag_value(argv: list[str], *names: str, default: str | None = None) -> str | None:
@@ -126,10 +152,12 @@ def _write_learning_curve(save_path: str, env_id: str) -> None:
         print(f"learning_curve.png not written: {e}", file=sys.stderr)
 
 
-def patch_experiment_manager() -> None:
+def patch_experiment_manager(checkpoint_freq: int | None = None) -> None:
     """
-    Make ``-i`` (resume) continue the step count, plot the learning curve after training, and evaluate
-    with :class:`~sb3_m3po.common.callbacks.TaskAwareEvalCallback` (per-task evaluation of multi-task envs).
+    Make ``-i`` (resume) continue the step count, plot the learning curve after training, evaluate
+    with :class:`~sb3_m3po.common.callbacks.TaskAwareEvalCallback` (per-task evaluation of multi-task envs),
+    and with ``checkpoint_freq`` add a :class:`~sb3_m3po.common.checkpoints.ResumeCheckpointCallback`
+    after the evaluation callback.
 
     rl-zoo3 calls ``model.learn(n_timesteps)``, which restarts ``num_timesteps`` at 0 for a
     loaded model; for a resumed run we pass ``reset_num_timesteps=False`` instead.
@@ -141,37 +169,70 @@ def patch_experiment_manager() -> None:
 
     # the task of every evaluation episode of multi-task envs goes into evaluations.npz (else unchanged)
     exp_manager.EvalCallback = TaskAwareEvalCallback  # type: ignore[misc]
+    _patch_checkpoints(ExperimentManager, checkpoint_freq)
     if getattr(ExperimentManager.learn, "_sb3_m3po", False):
         return
     original = ExperimentManager.learn
 
     @functools.wraps(original)
     def learn(self: ExperimentManager, model) -> None:  # type: ignore[no-untyped-def]
+        algorithm_class = type(model)
         if self.continue_training:
-            model.learn = functools.partial(model.learn, reset_num_timesteps=False)  # type: ignore[method-assign]
+            # A subclass for the duration of learn(): a bound-method attribute on the instance would be
+            # pickled by every save() during training (best model, checkpoints), and with it the envs.
+            model.__class__ = _continuing(algorithm_class)
         try:
             original(self, model)  # catches KeyboardInterrupt, so Ctrl-C still saves the model
         finally:
-            if self.continue_training:
-                del model.learn  # an instance attribute would be pickled by save()
+            model.__class__ = algorithm_class
         _write_learning_curve(self.save_path, self.env_name.gym_id)
 
     learn._sb3_m3po = True  # type: ignore[attr-defined]
     ExperimentManager.learn = learn  # type: ignore[method-assign]
 
 
+@functools.cache
+def _continuing(algorithm_class: type) -> type:
+    """``algorithm_class`` whose ``learn`` continues the step count (``reset_num_timesteps=False``)."""
+
+    def learn(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return algorithm_class.learn(self, *args, reset_num_timesteps=False, **kwargs)
+
+    return type(algorithm_class.__name__, (algorithm_class,), {"learn": learn})
+
+
+def _patch_checkpoints(manager: type, checkpoint_freq: int | None) -> None:
+    original = getattr(manager.create_callbacks, "_sb3_m3po_original", manager.create_callbacks)
+    if checkpoint_freq is None:
+        manager.create_callbacks = original  # type: ignore[attr-defined]
+        return
+    from sb3_m3po.common.checkpoints import ResumeCheckpointCallback
+
+    @functools.wraps(original)
+    def create_callbacks(self) -> None:  # type: ignore[no-untyped-def]
+        original(self)
+        if not self.optimize_hyperparameters:
+            every = max(checkpoint_freq // self.n_envs, 1)
+            path = os.path.join(self.save_path, "checkpoints")
+            self.callbacks.append(ResumeCheckpointCallback(every, path, str(self.env_name), verbose=self.verbose))
+
+    create_callbacks._sb3_m3po_original = original  # type: ignore[attr-defined]
+    manager.create_callbacks = create_callbacks  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     register()
-    patch_experiment_manager()
     from rl_zoo3.train import train
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" not in args and "--help" not in args:
-        try:
+    try:
+        args, checkpoint_freq = pop_checkpoint_freq(args)
+        if "-h" not in args and "--help" not in args:
             preflight(args)
-        except UsageError as e:
-            print(f"sb3-m3po train: error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+    except UsageError as e:
+        print(f"sb3-m3po train: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    patch_experiment_manager(checkpoint_freq)
     sys.argv = ["sb3_m3po.train", *with_shipped_config(args)]
     train()
 

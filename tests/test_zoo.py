@@ -138,3 +138,33 @@ def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
     assert len(models) == 1 and "cartpole-swingup" in models[0]
     with open(glob.glob(os.path.join(log, "m3po", "**", "config.yml"), recursive=True)[0]) as f:
         assert "DMCWrapper" in f.read(), "the shipped action-repeat wrapper was used"
+
+
+def test_resumable_checkpoints_keep_the_latest_and_resume_with_its_replay(tmp_path):
+    from sb3_m3po import M3PO
+    from sb3_m3po.common.checkpoints import latest_checkpoint
+
+    log = str(tmp_path / "logs")
+    common = ["--algo", "m3po", "--env", "Pendulum-v1", "-f", log, "--eval-freq", "64", "--eval-episodes", "1"]
+    first = run_module("sb3_m3po.train", *common, "-n", "128", "--checkpoint-freq", "64", *TINY_PARAMS, cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = os.path.join(log, "m3po", "Pendulum-v1_1", "checkpoints")
+    assert sorted(os.listdir(checkpoints)) == ["step_128"], "only the latest checkpoint is kept"
+    os.makedirs(os.path.join(checkpoints, "step_192"))  # a save cut off before it completed
+    steps, model_path = latest_checkpoint(checkpoints)
+    assert steps == 128 and model_path == os.path.join(checkpoints, "step_128", "model.zip")
+    resumed = run_module(
+        "sb3_m3po.train", *common, "-n", "64", "-i", model_path, "--save-replay-buffer", *TINY_PARAMS, cwd=str(tmp_path)
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_dir = os.path.join(log, "m3po", "Pendulum-v1_2")
+    model = M3PO.load(os.path.join(resumed_dir, "Pendulum-v1.zip"))
+    model.load_replay_buffer(os.path.join(resumed_dir, "replay_buffer.pkl"))
+    # callbacks run before the step's transition is stored (as in SB3), so the checkpoint at 128 held 126
+    assert model.num_timesteps == 192 and model.replay_buffer.size() == 192 - 2
+    assert np.load(os.path.join(resumed_dir, "evaluations.npz"))["timesteps"].tolist() == [192]
+
+
+def test_checkpoint_freq_must_be_positive(tmp_path):
+    out = run_module("sb3_m3po.train", "--algo", "m3po", "--env", "Pendulum-v1", "--checkpoint-freq", "0", cwd=str(tmp_path))
+    assert out.returncode == 2 and "--checkpoint-freq needs a positive number of steps, got '0'" in out.stderr
