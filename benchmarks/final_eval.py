@@ -21,6 +21,7 @@ import argparse
 import csv
 import glob
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -66,6 +67,10 @@ def find_run_folder(record: Any, runs_dir: str | None) -> str:
         found = sorted(glob.glob(os.path.join(seed_dir, "**", "evaluations.npz"), recursive=True))
         if len(found) == 1:
             return os.path.dirname(found[0])
+        # a resumed run (benchmarks/resume.py): its last segment, seg<N>, holds the final model
+        segments = {int(m.group(1)): path for path in found if (m := re.match(r"seg(\d+)/", os.path.relpath(path, seed_dir)))}
+        if segments:
+            return os.path.dirname(segments[max(segments)])
     raise FileNotFoundError(f"run folder {record.run_folder!r} is gone (run folders are not committed)")
 
 

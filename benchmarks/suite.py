@@ -13,13 +13,15 @@ Each run is the command a user would type, started as a subprocess in its own fo
 
     python -m sb3_m3po.train --algo <algo> --env <env> -n <sim_steps / action_repeat> --seed <S> -f <folder>
         --eval-freq <eval_every / action_repeat> --eval-episodes <eval_episodes> --num-threads 1 -tb <folder>/tb
-        [--env-kwargs k:v ...] [-params k:v ...] [extra args]
+        --checkpoint-freq <eval_every / action_repeat> [--env-kwargs k:v ...] [-params k:v ...] [extra args]
 
 so the hyperparameters are those of ``hyperparams/<algo>.yml`` (rl-zoo3's own files for env ids we ship
 none for) plus the algorithm's ``params``. Up to ``--workers`` runs (default: number of cores) execute at
 once, each with one torch/OpenMP thread. A finished run leaves ``benchmarks/results/<suite>/raw/<task>/
 <algorithm>_seed<S>.csv`` (its evaluation curve) and ``.json`` (its record: score, wall-clock, simulator
-steps/s, commit, machine) and is skipped next time; a run without a record is restarted from scratch.
+steps/s, commit, machine) and is skipped next time. Every run saves a resumable checkpoint at each
+evaluation (``--checkpoint-freq``); a run without a record continues from its latest checkpoint, when it
+has one, and is otherwise restarted from scratch (``benchmarks/resume.py``).
 A record made with a different configuration than the suite file now gives is never overwritten: the
 runner stops and names it. At the end (or with ``--summarize``) the results folder gets ``runs.csv``,
 ``summary.md``, ``learning_curves.png`` and ``aggregate.png`` (rliable IQM and performance profile).
@@ -92,6 +94,16 @@ RUNS_DIR = os.path.join(BENCH_DIR, "runs")
 if BENCH_DIR not in sys.path:  # the runner is also loaded from its path (tests), not only run as a script
     sys.path.insert(0, BENCH_DIR)
 from provenance import code_version  # noqa: E402  (same folder)
+from resume import (  # noqa: E402  (same folder)
+    Segment,
+    drop_checkpoints,
+    join_segments,
+    read_segments,
+    resume_point,
+    segment_evaluations,
+    segment_folder,
+    write_segments,
+)
 
 # Published scores at 100k simulator steps, mean of 3 seeds (DMC: episode return out of 1000;
 # Meta-World: success rate, measured on the v2 tasks while we run v3). Source: the result files of
@@ -133,6 +145,7 @@ RUNNER_FLAGS = frozenset(
         "--env-kwargs",
         "-i",
         "--trained-agent",
+        "--checkpoint-freq",
         "-optimize",
         "--optimize-hyperparameters",
     }
@@ -291,6 +304,8 @@ class RunRecord:
     :param per_task_final: multi-task envs: final score of every task (task name -> score), None otherwise
     :param relabelled: set by ``--relabel``: the algorithm name and spec the run was made under, and why
         they were changed afterwards (e.g. a package default changed to the value the run had set)
+    :param resumed_at: simulator steps at which the run was continued from a checkpoint after being cut
+        off (None: trained in one go); ``wall_seconds`` then sums all its segments, repeated work included
     """
 
     suite: str
@@ -313,6 +328,7 @@ class RunRecord:
     peak_rss_mib: float | None = None
     per_task_final: dict[str, float] | None = None
     relabelled: str | None = None
+    resumed_at: list[int] | None = None
 
 
 class Curve(NamedTuple):
@@ -613,16 +629,21 @@ def shown_path(path: str) -> str:
     return os.path.basename(path)
 
 
-def zoo_command(run: Run, folder: str, threads: int, device: str) -> list[str]:
+def zoo_command(
+    run: Run, folder: str, threads: int, device: str, resume: tuple[int, str] | None = None, segment: int = 0
+) -> list[str]:
     """
     rl-zoo3 training command of a run (without the Python executable).
 
     :param run: the run
-    :param folder: rl-zoo3 log folder (``-f``) of the run
+    :param folder: the run's folder (its segments' rl-zoo3 log folders ``-f`` and tensorboard are inside)
     :param threads: torch threads of the run
     :param device: torch device (``auto``, ``cpu``, ``cuda``)
+    :param resume: ``(decisions, model.zip)`` of the checkpoint to continue from (None: from scratch)
+    :param segment: index of the training process within the run (0 unless resumed)
     """
     task, algorithm = run.task, run.algorithm
+    eval_freq = str(task.eval_every // task.action_repeat)
     command = [
         "-m",
         "sb3_m3po.train",
@@ -631,13 +652,15 @@ def zoo_command(run: Run, folder: str, threads: int, device: str) -> list[str]:
         "--env",
         task.env,
         "-n",
-        str(task.decisions),
+        str(task.decisions - (resume[0] if resume else 0)),
         "--seed",
         str(run.seed),
         "-f",
-        folder,
+        segment_folder(folder, segment),
         "--eval-freq",
-        str(task.eval_every // task.action_repeat),
+        eval_freq,
+        "--checkpoint-freq",
+        eval_freq,
         "--eval-episodes",
         str(task.eval_episodes),
         "--num-threads",
@@ -647,6 +670,8 @@ def zoo_command(run: Run, folder: str, threads: int, device: str) -> list[str]:
         "-tb",
         os.path.join(folder, "tb"),
     ]
+    if resume is not None:
+        command += ["-i", resume[1]]
     if task.env_kwargs:
         command += ["--env-kwargs", *(f"{k}:{v!r}" for k, v in task.env_kwargs.items())]
     if algorithm.params:
@@ -817,16 +842,13 @@ def load_record(path: str) -> RunRecord:
     return RunRecord(**{k: v for k, v in raw.items() if k in names})
 
 
+def _joined(values: Sequence[str]) -> str:
+    """Distinct values in first-seen order, comma-separated (the commits or machines of a run's segments)."""
+    return ",".join(dict.fromkeys(values))
+
+
 def finish_run(
-    run: Run,
-    layout: Layout,
-    suite: Suite,
-    command: list[str],
-    wall_seconds: float,
-    commit: str,
-    machine: str,
-    device: str,
-    peak_rss: float | None = None,
+    run: Run, layout: Layout, suite: Suite, command: list[str], segments: Sequence[Segment], device: str
 ) -> RunRecord:
     """
     Turn a run folder whose process exited cleanly into its curve CSV and record.
@@ -834,23 +856,27 @@ def finish_run(
     :param run: the run
     :param layout: where results and run folders go
     :param suite: the suite
-    :param command: the training command of the run (without the Python executable)
-    :param wall_seconds: wall-clock of the training process
-    :param commit: :func:`code_version` when the run started
-    :param machine: :func:`machine_description`
+    :param command: the training command of the run's first segment (without the Python executable)
+    :param segments: the training processes of the run (one unless it was resumed; see ``resume.py``)
     :param device: :func:`device_description`
-    :param peak_rss: peak resident memory of the training process in MiB (None: not measured)
     :raises ValueError: if the run did not reach its budget (e.g. interrupted: rl-zoo3 then still exits 0)
     """
     folder = layout.run_folder(run)
-    found = sorted(glob.glob(os.path.join(folder, "**", "evaluations.npz"), recursive=True))
-    if len(found) != 1:
-        raise ValueError(f"expected one evaluations.npz under {shown_path(folder)}, found {len(found)}")
-    curve = read_curve(found[0], run.task)
+    paths = segment_evaluations(folder, len(segments))
+    if paths[-1] is None:
+        raise ValueError(f"no evaluations.npz in the last segment under {shown_path(folder)}")
+    pieces = [None if path is None else read_curve(path, run.task) for path in paths]
+    masks = join_segments(
+        [None if piece is None else piece.decisions for piece in pieces], [segment.resumed_from for segment in segments]
+    )
+    kept = [Curve(*(field[mask] for field in piece)) for piece, mask in zip(pieces, masks) if piece is not None]
+    curve = Curve(*(np.concatenate(column) for column in zip(*kept)))
     expected = run.task.sim_steps // run.task.eval_every
     if len(curve.score) < expected:
         raise ValueError(f"only {len(curve.score)} of {expected} evaluations: the run stopped before its budget")
     write_curve_csv(layout.curve_path(run), run, curve)
+    wall_seconds = sum(segment.wall_seconds for segment in segments)
+    peaks = [segment.peak_rss_mib for segment in segments if segment.peak_rss_mib is not None]
     record = RunRecord(
         suite=suite.name,
         task=run.task.name,
@@ -863,16 +889,18 @@ def finish_run(
         n_evaluations=len(curve.score),
         wall_seconds=round(wall_seconds, 1),
         sim_steps_per_second=round(run.task.sim_steps / wall_seconds, 2),
-        commit=commit,
-        machine=machine,
+        commit=_joined([segment.commit for segment in segments]),
+        machine=_joined([segment.machine for segment in segments]),
         device=device,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=" ".join(_shell_word(shown_path(a) if a.startswith(folder) else a) for a in ["python", *command]),
-        run_folder=shown_path(os.path.dirname(found[0])),
-        peak_rss_mib=None if peak_rss is None else round(peak_rss, 1),
-        per_task_final=read_per_task_final(found[0], run.task),
+        run_folder=shown_path(os.path.dirname(paths[-1])),
+        peak_rss_mib=round(max(peaks), 1) if peaks else None,
+        per_task_final=read_per_task_final(paths[-1], run.task),
+        resumed_at=[segment.resumed_from * run.task.action_repeat for segment in segments[1:]] or None,
     )
     _write_atomic(layout.record_path(run), json.dumps(dataclasses.asdict(record), indent=1) + "\n")
+    drop_checkpoints(folder)  # only a resume needs them, and they are the largest files of a run (the replay)
     return record
 
 
@@ -975,10 +1003,39 @@ class _Active:
     process: subprocess.Popen
     log: Any
     started: float
-    command: list[str]
-    commit: str
+    command: list[str]  # from scratch, for the record (a resumed segment adds -i and a shorter -n)
+    segments: list[Segment]  # the earlier ones and, last, this process's, updated while it runs
     progress_id: Any
-    peak_rss: float | None = None
+    written: float = 0.0  # when segments.json was last written
+
+    def update_segment(self, folder: str, peak_rss: float | None = None, every: float = 0.0) -> None:
+        """Refresh this segment's wall-clock and peak memory, and ``segments.json`` if ``every`` seconds passed."""
+        current = self.segments[-1]
+        current.wall_seconds = round(time.monotonic() - self.started, 1)
+        current.peak_rss_mib = peak_rss or current.peak_rss_mib
+        if time.monotonic() - self.written >= every:
+            write_segments(folder, self.run.spec(), self.segments)
+            self.written = time.monotonic()
+
+
+def _start_segment(run: Run, folder: str, machine: str) -> tuple[list[Segment], tuple[int, str] | None]:
+    """
+    Prepare a run's folder: keep it and continue from its latest checkpoint when it has one for this
+    configuration, else clear it (left by a failed attempt, or of another configuration) and start over.
+
+    :return: the run's segments (the new one last) and the checkpoint to resume from (None: from scratch)
+    """
+    earlier = read_segments(folder, run.spec()) if os.path.isdir(folder) else None
+    resume = resume_point(folder, run.task.decisions) if earlier else None
+    if resume is None or not earlier:
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+        earlier = []
+    segment = Segment(resumed_from=resume[0] if resume else 0, wall_seconds=0.0, commit=code_version(), machine=machine)
+    segments = [*earlier, segment]
+    write_segments(folder, run.spec(), segments)
+    return segments, resume
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -995,10 +1052,10 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _status_line(label: str, done: int, total: int, started: float) -> str:
-    """One line of a background runner's log: a run's simulator steps so far and its elapsed time."""
+def _status_line(label: str, done: int, total: int, started: float, resumed: int = 0) -> str:
+    """One line of a background runner's log: a run's simulator steps so far and its elapsed time (this segment's)."""
     elapsed = time.monotonic() - started
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - resumed) / elapsed if elapsed > 0 else 0.0
     eta = f", about {(total - done) / rate / 60:.0f} min left" if rate > 0 else ""
     return f"running {label}: {done}/{total} sim steps after {elapsed / 60:.0f} min ({rate:.1f}/s{eta})"
 
@@ -1054,11 +1111,15 @@ def execute(
                 while pending and len(active) < workers:
                     run = pending.pop(0)
                     folder = layout.run_folder(run)
-                    if os.path.exists(folder):  # left by an interrupted or failed attempt: start clean
-                        shutil.rmtree(folder)
-                    os.makedirs(folder)
-                    log = open(os.path.join(folder, "train.log"), "wb")
-                    command, commit = zoo_command(run, folder, threads, device), code_version()
+                    segments, resume = _start_segment(run, folder, machine)
+                    if resume is not None:
+                        progress.console.print(
+                            f"resuming {run.label} from its checkpoint at {resume[0] * run.task.action_repeat} sim steps",
+                            soft_wrap=True,
+                            markup=False,
+                        )
+                    log = open(os.path.join(folder, "train.log"), "ab" if resume else "wb")
+                    command = zoo_command(run, folder, threads, device, resume, len(segments) - 1)
                     task_id = progress.add_task(f"  {run.label} (sim steps)", total=run.task.sim_steps)
                     process = subprocess.Popen(
                         [sys.executable, *command],
@@ -1068,7 +1129,8 @@ def execute(
                         stderr=subprocess.STDOUT,
                         start_new_session=True,  # Ctrl-C reaches the runner only; it stops the runs itself
                     )
-                    active.append(_Active(run, process, log, time.monotonic(), command, commit, task_id))
+                    from_scratch = zoo_command(run, folder, threads, device)
+                    active.append(_Active(run, process, log, time.monotonic(), from_scratch, segments, task_id))
                 time.sleep(1.0)
                 show_status = not console.is_terminal and time.monotonic() - last_status >= status_every
                 if show_status:
@@ -1077,25 +1139,27 @@ def execute(
                     done = min(_progress_of(item.log.name) * item.run.task.action_repeat, item.run.task.sim_steps)
                     progress.update(item.progress_id, completed=done)
                     if show_status:
-                        line = _status_line(item.run.label, done, item.run.task.sim_steps, item.started)
+                        resumed = item.segments[-1].resumed_from * item.run.task.action_repeat
+                        line = _status_line(item.run.label, done, item.run.task.sim_steps, item.started, resumed)
                         progress.console.print(line, soft_wrap=True, markup=False)
                     code = item.process.poll()
+                    folder = layout.run_folder(item.run)
                     if code is None:
-                        # a high-water mark: the last reading before the process ends is (almost) its peak
-                        item.peak_rss = peak_rss_mib(item.process.pid) or item.peak_rss
+                        # a high-water mark: the last reading before the process ends is (almost) its peak; the
+                        # file keeps the wall-clock of a segment that is killed with the runner (machine gone)
+                        item.update_segment(folder, peak_rss_mib(item.process.pid), every=30.0)
                         continue
                     active.remove(item)
                     item.log.close()
                     progress.remove_task(item.progress_id)
                     progress.advance(overall)
-                    wall = time.monotonic() - item.started
+                    item.update_segment(folder)
                     try:
                         if code != 0:
                             raise ValueError(f"exit code {code}: {_last_line(item.log.name)}")
-                        record = finish_run(
-                            item.run, layout, suite, item.command, wall, item.commit, machine, shown_device, item.peak_rss
-                        )
+                        record = finish_run(item.run, layout, suite, item.command, item.segments, shown_device)
                     except (ValueError, OSError, KeyError) as e:
+                        drop_checkpoints(folder)  # a failed run starts from scratch next time, not from where it failed
                         failed.append(f"{item.run.label}: {e} (log: {_console_path(item.log.name)})")
                         progress.console.print(f"failed {failed[-1]}", style="red", soft_wrap=True, markup=False)
                         continue
@@ -1109,8 +1173,11 @@ def execute(
             for item in active:
                 _stop(item.process)
                 item.log.close()
+                item.update_segment(layout.run_folder(item.run))
             progress.console.print(
-                f"interrupted: {len(active)} unfinished run(s) stopped; they restart from scratch next time"
+                f"interrupted: {len(active)} unfinished run(s) stopped; next time they continue from their last "
+                "checkpoint (the last evaluation), or from scratch if they had none",
+                soft_wrap=True,
             )
             raise
         finally:
@@ -1282,15 +1349,19 @@ def aggregate_scores(
         )
     if not matrices:
         return matrices, {}, notes
+    point, interval = {}, {}
     with warnings.catch_warnings():
         # arch deprecates RandomState seeding, but rliable 1.2 offers no other way to make the CIs reproducible
         warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            matrices,
-            lambda m: np.array([metrics.aggregate_iqm(m), metrics.aggregate_mean(m)]),
-            reps=2000,
-            random_state=np.random.RandomState(0),
-        )
+        for name, matrix in matrices.items():
+            # a fresh stream per algorithm: one shared stream would move every CI when another algorithm is added
+            estimate = rly.get_interval_estimates(
+                {name: matrix},
+                lambda m: np.array([metrics.aggregate_iqm(m), metrics.aggregate_mean(m)]),
+                reps=2000,
+                random_state=np.random.RandomState(0),
+            )
+            point[name], interval[name] = estimate[0][name], estimate[1][name]
     aggregates = {
         name: Aggregate(
             len(matrix),
@@ -1591,6 +1662,13 @@ def _runs_section(suite: Suite, results: dict[tuple[str, str], list[_Result]], m
     if relabelled:
         lines += ["", "Relabelled runs (`--relabel`; their `command` in the record is the one that ran):", ""]
         lines += [f"* {task} seed {rec.seed}: {rec.relabelled}" for task, rec in relabelled]
+    resumed = [(task, r.record) for (task, _), runs in results.items() for r in runs if r.record.resumed_at]
+    if resumed:
+        lines += ["", "Resumed runs (cut off, continued from their checkpoint; wall-clock sums every attempt):", ""]
+        lines += [
+            f"* {task} {rec.algorithm} seed {rec.seed}: resumed at {', '.join(map(str, rec.resumed_at or []))} sim steps"
+            for task, rec in resumed
+        ]
     return lines
 
 

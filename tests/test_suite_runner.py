@@ -4,8 +4,10 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +80,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         "a runner whose output is not a terminal prints plain progress lines, one line each"
     )
     assert not leftover.exists(), "a run without a record restarts from a clean folder"
+    assert not list(runs.glob("**/checkpoints")), "a finished run's resume checkpoints are deleted"
     for algo in ["m3po_tiny", "ppo"]:
         with open(results / "raw" / "pendulum" / f"{algo}_seed0.csv") as f:
             rows = list(csv.DictReader(f))
@@ -294,6 +297,62 @@ def test_failed_run_is_reported_and_leaves_no_record(tmp_path, tiny):
     assert "pendulum/m3po_bad/seed0: exit code 1: ValueError" in out.stderr and "bonus_clip" in out.stderr
     assert not (results / "raw").exists()
     assert "Finished runs: 0 of 1" in (results / "summary.md").read_text()
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny):
+    content = tiny_suite(tiny)
+    content["tasks"]["pendulum"]["sim_steps"] = 1000  # long enough to be stopped after its first checkpoint
+    content["algorithms"] = {"m3po_tiny": content["algorithms"]["m3po_tiny"]}
+    suite_file = write_suite(tmp_path / "cut.yml", content)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    folders = ["--results-dir", str(results), "--runs-dir", str(runs)]
+    run_folder = runs / "pendulum" / "m3po_tiny" / "seed0"
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    command = [sys.executable, RUNNER, suite_file, *folders]
+    runner = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(run_folder.glob("seg1/**/checkpoints/step_*/complete")):
+        assert runner.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)  # what a machine going away does to a background runner
+    stopped = runner.communicate(timeout=60)[0]
+    assert "continue from their last checkpoint" in stopped
+    assert not (results / "raw").exists()
+    with open(run_folder / "segments.json") as f:
+        (first,) = json.load(f)["segments"]
+    assert first["resumed_from"] == 0 and first["wall_seconds"] > 0
+
+    out = run_runner(suite_file, *folders)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("resuming pendulum/m3po_tiny/seed0")]
+    resumed_at = int(line.split(" at ")[1].split()[0])
+    assert resumed_at >= 100 and resumed_at % 100 == 0
+    with open(results / "raw" / "pendulum" / "m3po_tiny_seed0.json") as f:
+        record = json.load(f)
+    assert record["resumed_at"] == [resumed_at] and record["n_evaluations"] == 10
+    assert record["wall_seconds"] > first["wall_seconds"], "the cut-off segment's time is counted"
+    assert "seg1" in record["command"] and " -i " not in record["command"], "the record shows the from-scratch command"
+    with open(results / "raw" / "pendulum" / "m3po_tiny_seed0.csv") as f:
+        assert [int(r["sim_steps"]) for r in csv.DictReader(f)] == list(range(100, 1001, 100))
+    assert not list(runs.glob("**/checkpoints"))
+    record_path = str(results / "raw" / "pendulum" / "m3po_tiny_seed0.json")
+    found = final_eval.find_run_folder(suite_runner.load_record(record_path), str(runs))
+    assert found == str(run_folder / "seg2" / "m3po" / "Pendulum-v1_1"), "the final model is the last segment's"
+    assert os.path.isfile(final_eval.final_model_path(found, "Pendulum-v1"))
+
+
+def test_segments_join_at_the_step_each_resumed_from():
+    from resume import join_segments
+
+    # segment 2 was cut off before its first evaluation; 3 resumed from the same checkpoint as 2; segment 1
+    # evaluated at 300 before it was cut off, after its last complete checkpoint (200)
+    steps = [np.array([100, 200, 300]), None, np.array([300, 400]), np.array([500])]
+    masks = join_segments(steps, [0, 200, 200, 400])
+    assert masks[1] is None
+    kept = np.concatenate([s[m] for s, m in zip(steps, masks) if m is not None])
+    assert kept.tolist() == [100, 200, 300, 400, 500]
+    with pytest.raises(ValueError, match="2 segments' evaluations for 3 segments"):
+        join_segments(steps[:2], [0, 1, 2])
 
 
 def test_bootstrap_difference_of_means():
