@@ -17,6 +17,7 @@ import functools
 import importlib
 import os
 import sys
+from typing import Any
 
 from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.zoo import register, shipped_config
@@ -191,20 +192,24 @@ def patch_experiment_manager(checkpoint_freq: int | None = None) -> None:
     ExperimentManager.learn = learn  # type: ignore[method-assign]
 
 
-@functools.cache
+_CONTINUING: dict[type, type] = {}
+
+
 def _continuing(algorithm_class: type) -> type:
     """``algorithm_class`` whose ``learn`` continues the step count (``reset_num_timesteps=False``)."""
+    if algorithm_class not in _CONTINUING:
 
-    def learn(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return algorithm_class.learn(self, *args, reset_num_timesteps=False, **kwargs)
+        def learn(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return algorithm_class.learn(self, *args, reset_num_timesteps=False, **kwargs)  # type: ignore[attr-defined]
 
-    return type(algorithm_class.__name__, (algorithm_class,), {"learn": learn})
+        _CONTINUING[algorithm_class] = type(algorithm_class.__name__, (algorithm_class,), {"learn": learn})
+    return _CONTINUING[algorithm_class]
 
 
-def _patch_checkpoints(manager: type, checkpoint_freq: int | None) -> None:
+def _patch_checkpoints(manager: Any, checkpoint_freq: int | None) -> None:
     original = getattr(manager.create_callbacks, "_sb3_m3po_original", manager.create_callbacks)
     if checkpoint_freq is None:
-        manager.create_callbacks = original  # type: ignore[attr-defined]
+        manager.create_callbacks = original
         return
     from sb3_m3po.common.checkpoints import ResumeCheckpointCallback
 
@@ -217,7 +222,7 @@ def _patch_checkpoints(manager: type, checkpoint_freq: int | None) -> None:
             self.callbacks.append(ResumeCheckpointCallback(every, path, str(self.env_name), verbose=self.verbose))
 
     create_callbacks._sb3_m3po_original = original  # type: ignore[attr-defined]
-    manager.create_callbacks = create_callbacks  # type: ignore[attr-defined]
+    manager.create_callbacks = create_callbacks
 
 
 def main(argv: list[str] | None = None) -> None:
