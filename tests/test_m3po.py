@@ -1,6 +1,7 @@
 """SB3 API contract: learn, predict, save/load, seeding, VecNormalize, Dict obs, callbacks, real envs."""
 
 import copy
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -121,6 +122,23 @@ def test_replay_buffer_save_load_resumes_with_the_same_data(tiny, tmp_path):
     assert loaded.replay_buffer.size() == 128 and loaded.num_timesteps == 128
     # the envs were reset on resume: the new steps must not extend the last stored episode
     assert not set(new.episode_ids[96:128, 0]) & set(old.episode_ids[:96, 0])
+
+
+def test_resume_checkpoint_holds_model_replay_and_vecnormalize(tiny, tmp_path):
+    from sb3_m3po.common.checkpoints import ResumeCheckpointCallback, latest_checkpoint
+
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2))
+    model = M3PO("MlpPolicy", env, **tiny)
+    model.learn(128, callback=ResumeCheckpointCallback(16, str(tmp_path), "Pendulum-v1"))
+    assert sorted(os.listdir(tmp_path)) == ["step_128"], "older checkpoints are deleted once a newer one is complete"
+    steps, path = latest_checkpoint(str(tmp_path))
+    assert steps == 128
+    folder = os.path.dirname(path)
+    stats = VecNormalize.load(os.path.join(folder, "Pendulum-v1", "vecnormalize.pkl"), make_vec_env("Pendulum-v1", n_envs=2))
+    assert np.allclose(stats.obs_rms.mean, env.obs_rms.mean)
+    loaded = M3PO.load(path, env=stats)
+    loaded.load_replay_buffer(os.path.join(folder, "replay_buffer.pkl"))
+    assert loaded.num_timesteps == 128 and loaded.replay_buffer.size() == 128 - 2
 
 
 def test_seeded_runs_are_reproducible(tiny):
