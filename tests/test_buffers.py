@@ -34,6 +34,25 @@ def test_replay_subsequences_never_cross_episodes(capacity):
     assert (seq[1:, :, 1] - seq[:-1, :, 1] == 1).all()
 
 
+@pytest.mark.parametrize("steps", [40, 400])  # 400: the buffer has wrapped
+def test_replay_pickle_holds_only_the_filled_rows_and_restores_the_buffer(steps):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    buffer = EpisodicReplayBuffer(600, obs_dim=2, action_dim=1, n_envs=3)
+    _fill(buffer, steps, 3, rng)
+    data = pickle.dumps(buffer)
+    restored = pickle.loads(data)
+    assert restored.size() == buffer.size() and restored.pos == buffer.pos and restored.full == buffer.full
+    for name in EpisodicReplayBuffer._PER_STEP:
+        assert np.array_equal(getattr(restored, name), getattr(buffer, name)), name
+    assert restored.observations.shape == (200, 3, 2), "the capacity is allocated again"
+    if steps == 40:
+        assert len(data) < 0.4 * len(pickle.dumps(buffer.__dict__)), "a buffer that has not wrapped pickles its data only"
+    _fill(restored, 10, 3, rng)  # and keeps working
+    assert restored.size() == min(steps + 10, 200) * 3
+
+
 def test_replay_refuses_when_episodes_are_shorter_than_horizon():
     rng = np.random.default_rng(0)
     buffer = EpisodicReplayBuffer(1000, 2, 1, 1)

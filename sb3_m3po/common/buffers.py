@@ -222,6 +222,26 @@ class EpisodicReplayBuffer:
         """Number of stored transitions (all envs)."""
         return (self.capacity if self.full else self.pos) * self.n_envs
 
+    # Per-step arrays: a pickle of a buffer that has not wrapped holds only their filled rows, so a saved
+    # replay (checkpoints, ``save_replay_buffer``) is as large as its data rather than its capacity.
+    _PER_STEP = ("observations", "next_observations", "actions", "rewards", "terminated", "episode_ids", "tasks")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if not self.full:
+            for name in self._PER_STEP:
+                state[name] = state[name][: self.pos]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in self._PER_STEP:
+            stored = state[name]
+            if len(stored) < state["capacity"]:
+                whole = np.zeros((state["capacity"], *stored.shape[1:]), dtype=stored.dtype)
+                whole[: len(stored)] = stored
+                state[name] = whole
+        self.__dict__.update(state)
+
     def truncate_last_trajectory(self) -> None:
         """
         Close every env's current episode, so the next transitions start new ones.
