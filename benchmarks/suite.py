@@ -1025,9 +1025,9 @@ def _start_segment(run: Run, folder: str, machine: str) -> tuple[list[Segment], 
 
     :return: the run's segments (the new one last) and the checkpoint to resume from (None: from scratch)
     """
-    earlier = read_segments(folder, run.spec()) if os.path.isdir(folder) else None
+    earlier = (read_segments(folder, run.spec()) if os.path.isdir(folder) else None) or []
     resume = resume_point(folder, run.task.decisions) if earlier else None
-    if resume is None or not earlier:
+    if resume is None:
         if os.path.exists(folder):
             shutil.rmtree(folder)
         os.makedirs(folder)
