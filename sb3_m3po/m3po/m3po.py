@@ -576,10 +576,13 @@ class M3PO(PPO):
                     prior_kl = masked_gaussian_kl(
                         data.old_prior_mean, old_std.expand_as(prior.mean), prior.mean, prior.std, prior.mask
                     ).mean()
-                values_pred = values
+                # symlog space for value_transform="symlog" (identity otherwise); clip_range_vf applies there too
+                to_loss = policy.value_loss_space
+                values_pred = to_loss(values)
                 if clip_range_vf is not None:
-                    values_pred = data.old_values + th.clamp(values - data.old_values, -clip_range_vf, clip_range_vf)
-                value_loss = th.nn.functional.mse_loss(data.returns, values_pred)
+                    old_values = to_loss(data.old_values)
+                    values_pred = old_values + th.clamp(values_pred - old_values, -clip_range_vf, clip_range_vf)
+                value_loss = th.nn.functional.mse_loss(to_loss(data.returns), values_pred)
                 entropy_loss = -th.mean(prior.entropy)
                 loss = terms.loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 parts = (

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from sb3_m3po.common.layers import mlp
-from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob
+from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob, symexp, symlog
 from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
 from sb3_m3po.m3po.planner import MPPIPlanner, PlannerConfig, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
@@ -25,6 +25,11 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "1M": {"latent_dim": 128, "enc_dim": 256, "mlp_dim": 384, "prior_dim": 384, "num_q": 5},
     "5M": {"latent_dim": 512, "enc_dim": 256, "mlp_dim": 512, "prior_dim": 512, "num_q": 5},
 }
+
+# How the value head's output maps to a value: "identity" (SB3's PPO), or "symlog" (the head
+# predicts symlog(V) and the loss is the MSE of symlog(V) against symlog(returns), DreamerV3's
+# scale-free regression)
+VALUE_TRANSFORMS = ("identity", "symlog")
 
 # Seed of the planner's RNG for deterministic=True, so that a deterministic action
 # is a pure function of (observation, warm-start plan) and survives save/load.
@@ -80,6 +85,9 @@ class M3POPolicy(BasePolicy):
     :param task_action_dims: action size of every task (``num_tasks`` entries, None: all use the full
         action); the other action dimensions are masked in the prior, the planner and execution
     :param log_std_init: initial log std of the prior
+    :param value_transform: ``"identity"`` (the value head outputs V, as SB3's PPO) or ``"symlog"``
+        (it outputs ``symlog(V)`` and the value loss is taken in symlog space; for returns in the
+        hundreds, which a raw head reaches only after thousands of Adam steps)
     :param planner: MPPI settings
     :param use_planner: plan with MPPI (True) or act with the prior alone (False)
     :param wm_learning_rate: Adam learning rate of the world model
@@ -110,6 +118,7 @@ class M3POPolicy(BasePolicy):
         task_dim: int = 16,
         task_action_dims: list[int] | None = None,
         log_std_init: float = 0.0,
+        value_transform: str = "identity",
         planner: PlannerConfig | None = None,
         use_planner: bool = True,
         wm_learning_rate: float = 3e-4,
@@ -143,6 +152,9 @@ class M3POPolicy(BasePolicy):
         self.num_bins, self.vmin, self.vmax = num_bins, vmin, vmax
         self.simnorm_dim, self.num_tasks, self.task_dim = simnorm_dim, num_tasks, task_dim
         self.log_std_init = log_std_init
+        if value_transform not in VALUE_TRANSFORMS:
+            raise ValueError(f"value_transform must be one of {VALUE_TRANSFORMS}, got {value_transform!r}")
+        self.value_transform = value_transform
         self.planner_config = planner or PlannerConfig()
         self.use_planner = use_planner
         self.wm_learning_rate, self.enc_lr_scale = wm_learning_rate, enc_lr_scale
@@ -243,6 +255,7 @@ class M3POPolicy(BasePolicy):
             task_dim=self.task_dim,
             task_action_dims=self.task_action_dims,
             log_std_init=self.log_std_init,
+            value_transform=self.value_transform,
             planner=self.planner_config,
             use_planner=self.use_planner,
             wm_learning_rate=self.wm_learning_rate,
@@ -319,7 +332,19 @@ class M3POPolicy(BasePolicy):
         return masked_gaussian_entropy(dist.stddev, self.action_mask(task))
 
     def value(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        return self.value_net(self._head_input(z, task))
+        """State value in return units, ``(..., 1)``."""
+        out = self.value_net(self._head_input(z, task))
+        return symexp(out) if self.value_transform == "symlog" else out
+
+    def value_loss_space(self, values: th.Tensor) -> th.Tensor:
+        """
+        Map values or returns into the space the value loss is taken in.
+
+        With ``value_transform="symlog"`` the value head's output is ``symlog(V)``: returns of a few
+        hundred (Meta-World) are then a few units away from the initial output, where a raw head
+        needs thousands of Adam steps to get there.
+        """
+        return symlog(values) if self.value_transform == "symlog" else values
 
     def encode(self, obs: th.Tensor) -> th.Tensor:
         return self.world_model.encode(obs, self.task_ids(obs))
