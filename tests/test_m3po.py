@@ -329,6 +329,14 @@ def test_symlog_value_trains_and_survives_save_load(tiny, tmp_path):
         assert th.allclose(loaded.policy.value(loaded.policy.encode(obs)), policy.value(z))
 
 
+def test_behaviour_value_target_trains(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", value_target="behaviour", **tiny).learn(128)
+    assert model.rollout_buffer.value_target == "behaviour"
+    assert np.isfinite(model.logger.name_to_value["train/value_loss"])
+    with pytest.raises(ValueError, match="value_target"):
+        M3PO("MlpPolicy", "Pendulum-v1", value_target="prior", **tiny)
+
+
 def test_unknown_value_transform_is_refused(tiny):
     with pytest.raises(ValueError, match="value_transform"):
         M3PO("MlpPolicy", "Pendulum-v1", **with_value_transform(tiny, "log"))

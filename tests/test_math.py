@@ -155,6 +155,23 @@ def test_importance_weights_are_truncated_and_cut_traces():
     assert adv[1, 0] == pytest.approx(1.0)
 
 
+def test_behaviour_value_target_is_plain_gae_while_advantages_keep_the_weights():
+    n_steps, n_envs, gamma, lam = 16, 3, 0.97, 0.9
+    rewards, values, dones, truncated, next_values = _random_rollout(n_steps, n_envs, seed=1)
+    args = (rewards, values[:-1], next_values, (dones & ~truncated).astype(np.float32), dones.astype(np.float32))
+    # planner actions far in the prior's tails: weights ~0.02, as measured on Meta-World
+    log_ratio = np.full_like(rewards, np.log(0.02))
+    plain_adv, plain_ret = importance_corrected_gae(*args, np.zeros_like(rewards), gamma, lam, 1.0, 1.0)
+    adv, ret = importance_corrected_gae(*args, log_ratio, gamma, lam, 1.0, 1.0, value_target="behaviour")
+    _, vtrace_ret = importance_corrected_gae(*args, log_ratio, gamma, lam, 1.0, 1.0)
+    assert np.allclose(ret, plain_ret, atol=1e-5)
+    assert np.allclose(adv, 0.02 * plain_adv, atol=1e-5)
+    # V-trace targets barely move off the current values: 2 % of the TD error
+    assert np.abs(vtrace_ret - values[:-1]).max() < 0.1 * np.abs(plain_ret - values[:-1]).max()
+    with pytest.raises(AssertionError, match="value_target"):
+        importance_corrected_gae(*args, log_ratio, gamma, lam, 1.0, 1.0, value_target="prior")
+
+
 def _sb3_policy_loss(log_ratio, adv, clip):
     ratio = th.exp(log_ratio)
     return -th.min(adv * ratio, adv * th.clamp(ratio, 1 - clip, 1 + clip)).mean()

@@ -49,6 +49,7 @@ class M3PORolloutBuffer(RolloutBuffer):
 
     :param rho_bar: truncation of the policy-gradient importance weight
     :param c_bar: truncation of the trace-cutting weight
+    :param value_target: ``"vtrace"`` or ``"behaviour"`` (see :func:`sb3_m3po.common.math.importance_corrected_gae`)
     """
 
     def __init__(
@@ -62,8 +63,9 @@ class M3PORolloutBuffer(RolloutBuffer):
         n_envs: int = 1,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        value_target: str = "vtrace",
     ) -> None:
-        self.rho_bar, self.c_bar = rho_bar, c_bar
+        self.rho_bar, self.c_bar, self.value_target = rho_bar, c_bar, value_target
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
@@ -122,6 +124,7 @@ class M3PORolloutBuffer(RolloutBuffer):
             self.gae_lambda,
             self.rho_bar,
             self.c_bar,
+            self.value_target,
         )
 
     def add_bonus(self, bonus_coef: float) -> None:

@@ -242,6 +242,9 @@ def masked_gaussian_kl(
     return kl.sum(-1)
 
 
+VALUE_TARGETS = ("vtrace", "behaviour")
+
+
 def importance_corrected_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -253,6 +256,7 @@ def importance_corrected_gae(
     gae_lambda: float,
     rho_bar: float,
     c_bar: float,
+    value_target: str = "vtrace",
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     GAE(lambda) with V-trace truncated importance weights, arrays of shape ``(n_steps, n_envs)``.
@@ -269,11 +273,21 @@ def importance_corrected_gae(
     episode end), so truncated episodes bootstrap and terminated ones do not.
     When ``log_ratio == 0`` (planner off) both equal plain GAE, i.e. PPO.
 
+    With ``value_target="behaviour"`` the value target is plain GAE(lambda) of the executed
+    (planner) actions, ``rho_t = c_t = 1`` in ``D``, so V estimates the value of the behaviour
+    (the planner, which acts in training and evaluation); ``A_t`` keeps ``rho_t``. With V-trace
+    targets ``D_t`` is ``rho_t * delta_t + ...``: planner actions far in the prior's tails give
+    ``rho_t`` of 0.01-0.04 on Meta-World, and V then moves by that fraction of its error per update.
+
+    :param value_target: ``"vtrace"`` (V estimates the prior's value) or ``"behaviour"``
     :return: ``(advantages, returns)`` where ``returns = D + values``
     """
+    assert value_target in VALUE_TARGETS, f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}"
     weight = np.exp(log_ratio)
     rho = np.minimum(rho_bar, weight)
     c = np.minimum(c_bar, weight)
+    # weights of the value target's residual
+    rho_v, c_v = (rho, c) if value_target == "vtrace" else (np.ones_like(rho), np.ones_like(c))
     delta = rewards + gamma * (1.0 - terminated) * next_values - values
     advantages = np.zeros_like(rewards)
     residual = np.zeros_like(rewards)
@@ -281,7 +295,7 @@ def importance_corrected_gae(
     for step in reversed(range(rewards.shape[0])):
         carry = gamma * gae_lambda * (1.0 - dones[step]) * next_residual
         advantages[step] = rho[step] * (delta[step] + carry)
-        residual[step] = rho[step] * delta[step] + c[step] * carry
+        residual[step] = rho_v[step] * delta[step] + c_v[step] * carry
         next_residual = residual[step]
     return advantages, residual + values
 

@@ -20,7 +20,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer, ReplaySamples
 from sb3_m3po.common.callbacks import TaskEpisodeStats, record_task_metric
-from sb3_m3po.common.math import clipped_surrogate, exploration_bonus, group_mean_std, masked_gaussian_kl
+from sb3_m3po.common.math import (
+    VALUE_TARGETS,
+    clipped_surrogate,
+    exploration_bonus,
+    group_mean_std,
+    masked_gaussian_kl,
+)
 from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
@@ -96,6 +102,10 @@ class M3PO(PPO):
     :param bonus_anneal_fraction: fraction of training over which alpha decays linearly to 0
     :param rho_bar: truncation of the policy-gradient importance weight
     :param c_bar: truncation of the trace importance weight
+    :param value_target: what the value head estimates: ``"vtrace"`` (the prior's value, V-trace targets
+        with the truncated weights) or ``"behaviour"`` (the planner's value, plain GAE(lambda) targets of
+        the executed actions; the advantages keep their weights). See
+        :func:`sb3_m3po.common.math.importance_corrected_gae`.
     :param balanced_replay: multi-task: sample the same number of world-model subsequences from every task
     :param bonus_per_task: multi-task: z-score the bonus within each task instead of over the whole rollout.
         On MT10 the tasks' raw gaps differ by 50-3000x, and a rollout-wide z-score gave one or two tasks
@@ -162,6 +172,7 @@ class M3PO(PPO):
         bonus_anneal_fraction: float = 0.5,
         rho_bar: float = 1.0,
         c_bar: float = 1.0,
+        value_target: str = "vtrace",
         balanced_replay: bool = True,
         bonus_per_task: bool = True,
         stats_window_size: int = 100,
@@ -226,6 +237,7 @@ class M3PO(PPO):
         self.bonus_anneal_fraction = bonus_anneal_fraction
         self.rho_bar = rho_bar
         self.c_bar = c_bar
+        self.value_target = value_target
         self.balanced_replay = balanced_replay
         self.bonus_per_task = bonus_per_task
         self.task_names: tuple[str, ...] | None = None
@@ -266,6 +278,7 @@ class M3PO(PPO):
         require(0 < self.bonus_anneal_fraction <= 1, "bonus_anneal_fraction", "a value in (0, 1]")
         require(self.rho_bar > 0, "rho_bar", "a value > 0")
         require(self.c_bar > 0, "c_bar", "a value > 0")
+        require(self.value_target in VALUE_TARGETS, "value_target", f"one of {VALUE_TARGETS}")
         # The planner config validates its own ranges (horizon, num_elites <= num_samples, ...)
         self._planner_config()
 
@@ -348,6 +361,7 @@ class M3PO(PPO):
             n_envs=self.n_envs,
             rho_bar=self.rho_bar,
             c_bar=self.c_bar,
+            value_target=self.value_target,
         )
         self.replay_buffer = EpisodicReplayBuffer(
             self.buffer_size,
