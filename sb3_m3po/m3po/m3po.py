@@ -576,6 +576,8 @@ class M3PO(PPO):
         # (unless target_kl needs it)
         stats: list[th.Tensor] = []
         loss = th.zeros(())
+        # symlog space for value_transform="symlog" (identity otherwise); clip_range_vf applies there too
+        to_loss = policy.value_loss_space
         stop = False
         for epoch in range(self.n_epochs):
             for data in self.rollout_buffer.get(self.batch_size):
@@ -590,8 +592,6 @@ class M3PO(PPO):
                     prior_kl = masked_gaussian_kl(
                         data.old_prior_mean, old_std.expand_as(prior.mean), prior.mean, prior.std, prior.mask
                     ).mean()
-                # symlog space for value_transform="symlog" (identity otherwise); clip_range_vf applies there too
-                to_loss = policy.value_loss_space
                 values_pred = to_loss(values)
                 if clip_range_vf is not None:
                     old_values = to_loss(data.old_values)
