@@ -17,6 +17,7 @@ import functools
 import importlib
 import os
 import sys
+import zipfile
 from typing import Any
 
 from sb3_m3po.common.utils import load_yaml
@@ -149,7 +150,7 @@ def _write_learning_curve(save_path: str, env_id: str) -> None:
 
     try:
         plot_evaluations(npz, os.path.join(save_path, "learning_curve.png"), env_id)
-    except ValueError as e:  # no evaluation happened (e.g. interrupted before the first one)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # no evaluation yet, or a file cut short
         print(f"learning_curve.png not written: {e}", file=sys.stderr)
 
 

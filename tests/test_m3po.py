@@ -2,6 +2,8 @@
 
 import copy
 import os
+import signal
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.envs import make_env
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
 
 
 def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
@@ -105,6 +108,45 @@ def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     loaded.learn(32, reset_num_timesteps=False)
     without_env = M3PO.load(tmp_path / "m3po")
     assert np.array_equal(without_env.predict(obs, deterministic=True)[0], a_loaded)
+
+
+def test_deferred_keyboard_interrupt_lets_the_block_finish_then_raises():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_keyboard_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # Python runs signal handlers between bytecodes: here, if it were not held
+                finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with deferred_keyboard_interrupt():  # no signal: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _InterruptedWhileSaving(M3PO):
+    """Receives Ctrl-C in the middle of save(), after the data is gathered and before the zip is written."""
+
+    def _get_torch_save_params(self):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        return super()._get_torch_save_params()
+
+
+def test_ctrl_c_during_save_still_writes_a_loadable_model(tiny, tmp_path):
+    model = _InterruptedWhileSaving("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.save(tmp_path / "m3po")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    loaded = M3PO.load(tmp_path / "m3po.zip")
+    for (name, p), (_, q) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert th.equal(p, q), name
 
 
 def test_replay_buffer_save_load_resumes_with_the_same_data(tiny, tmp_path):

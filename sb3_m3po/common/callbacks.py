@@ -27,6 +27,7 @@ from sb3_m3po.common.multitask import (
     get_task_set_spec,
     make_multitask_vec_env,
 )
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
 
 
 def record_task_metric(logger: Logger, prefix: str, task: str, metric: str, value: float) -> None:
@@ -337,20 +338,22 @@ class MultiTaskEvalCallback(EventCallback):
         self.evaluations_results.append(result)
         self.evaluations_length.append(length)
         self.evaluations_successes.append(success)
-        if self.log_path is not None:
-            np.savez(
-                self.log_path,
-                timesteps=np.array(self.evaluations_timesteps),
-                results=np.array(self.evaluations_results),
-                ep_lengths=np.array(self.evaluations_length),
-                successes=np.array(self.evaluations_successes),
-                task_names=np.array(self.spec.names),
-            )
         score = self.last_success_rate if with_success.any() else self.last_mean_reward
-        if score > self.best_score:
-            self.best_score = score
-            if self.best_model_save_path is not None:
-                self.model.save(os.path.join(self.best_model_save_path, "best_model"))
+        # a file cut by Ctrl-C would be lost to the curve plotted on exit (or to load())
+        with deferred_keyboard_interrupt():
+            if self.log_path is not None:
+                np.savez(
+                    self.log_path,
+                    timesteps=np.array(self.evaluations_timesteps),
+                    results=np.array(self.evaluations_results),
+                    ep_lengths=np.array(self.evaluations_length),
+                    successes=np.array(self.evaluations_successes),
+                    task_names=np.array(self.spec.names),
+                )
+            if score > self.best_score:
+                self.best_score = score
+                if self.best_model_save_path is not None:
+                    self.model.save(os.path.join(self.best_model_save_path, "best_model"))
 
 
 class TaskAwareEvalCallback(EvalCallback):
@@ -410,13 +413,14 @@ class TaskAwareEvalCallback(EvalCallback):
             self.evaluations_tasks.append([t for t, _, _ in self._episodes])
             if self.log_path is not None:
                 extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
-                np.savez(
-                    self.log_path,
-                    timesteps=self.evaluations_timesteps,
-                    results=self.evaluations_results,
-                    ep_lengths=self.evaluations_length,
-                    tasks=np.array(self.evaluations_tasks),
-                    task_names=np.array(self.task_names),
-                    **extra,  # type: ignore[arg-type]
-                )
+                with deferred_keyboard_interrupt():
+                    np.savez(
+                        self.log_path,
+                        timesteps=self.evaluations_timesteps,
+                        results=self.evaluations_results,
+                        ep_lengths=self.evaluations_length,
+                        tasks=np.array(self.evaluations_tasks),
+                        task_names=np.array(self.task_names),
+                        **extra,  # type: ignore[arg-type]
+                    )
         return continue_training

@@ -17,6 +17,8 @@ import shutil
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
+
 COMPLETE = "complete"
 _STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
@@ -64,7 +66,11 @@ class ResumeCheckpointCallback(BaseCallback):
         return True
 
     def save(self) -> str:
-        """Write the checkpoint of the current step; return its folder."""
+        """Write the checkpoint of the current step (Ctrl-C held until it is complete); return its folder."""
+        with deferred_keyboard_interrupt():
+            return self._save()
+
+    def _save(self) -> str:
         folder = os.path.join(self.save_path, f"step_{self.num_timesteps}")
         if os.path.exists(folder):  # an incomplete attempt at this step
             shutil.rmtree(folder)

@@ -4,6 +4,7 @@ import io
 import pathlib
 import pickle
 import zipfile
+from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -28,6 +29,7 @@ from sb3_m3po.common.math import (
     masked_gaussian_kl,
 )
 from sb3_m3po.common.multitask import configure_task_schedule, get_task_set_spec, task_ids_from_obs
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
 from sb3_m3po.common.utils import NonFiniteError, flatten_observation, real_next_observation
 from sb3_m3po.m3po.planner import PlannerConfig, shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
@@ -723,6 +725,23 @@ class M3PO(PPO):
         self.logger.record("train/wm_grad_norm", means[3])
         self.logger.record("train/wm_gradient_steps", steps)
         self.logger.record("train/q_scale", self._q_scale)
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model as SB3 does, with Ctrl-C held until the file is complete
+        (see :func:`~sb3_m3po.common.signals.deferred_keyboard_interrupt`).
+
+        :param path: file (``.zip`` added if missing) or file-like object
+        :param exclude: attributes not to save, on top of the defaults
+        :param include: attributes to save even if excluded by default
+        """
+        with deferred_keyboard_interrupt():
+            super().save(path, exclude, include)
 
     @classmethod
     def load(  # type: ignore[override]
