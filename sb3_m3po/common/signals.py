@@ -15,9 +15,10 @@ def deferred_keyboard_interrupt() -> Iterator[None]:
     raised inside that callback cannot unwind through C++ and aborts the whole process (and with it
     rl-zoo3's "save the model on Ctrl-C"). The saves made during training (best model, resumable
     checkpoints) therefore run with SIGINT held. Outside the main thread (where Python cannot set
-    signal handlers) the block runs unprotected.
+    signal handlers), or where the SIGINT handler was not installed from Python (it could not be put
+    back), the block runs unprotected.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     received: list[int] = []
