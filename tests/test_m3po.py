@@ -149,6 +149,28 @@ def test_ctrl_c_during_save_still_writes_a_loadable_model(tiny, tmp_path):
         assert th.equal(p, q), name
 
 
+def test_ctrl_c_while_evaluations_are_written_keeps_the_previous_file(tiny, tmp_path, monkeypatch):
+    from sb3_m3po.common.callbacks import TaskAwareEvalCallback
+
+    savez, calls = np.savez, []
+
+    def cut_on_second_write(file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:
+            with open(file if str(file).endswith(".npz") else f"{file}.npz", "wb") as f:
+                f.write(b"PK\x03\x04 cut short by Ctrl-C")
+            raise KeyboardInterrupt
+        return savez(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", cut_on_second_write)
+    callback = TaskAwareEvalCallback(make_vec_env("Pendulum-v1"), eval_freq=32, n_eval_episodes=1, log_path=str(tmp_path))
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(96, callback=callback)
+    assert len(calls) == 2, "the test must cut the second write"
+    assert np.load(tmp_path / "evaluations.npz")["timesteps"].tolist() == [32]
+
+
 def test_replay_buffer_save_load_resumes_with_the_same_data(tiny, tmp_path):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
     model.learn(96)

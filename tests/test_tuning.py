@@ -144,4 +144,5 @@ def test_ctrl_c_saves_the_model_and_its_curve(tmp_path):
 
     model = M3PO.load(run_dir / "Pendulum-v1.zip")
     assert 0 < model.num_timesteps < 100000
+    assert (run_dir / "learning_curve.png").exists(), err[-3000:]
     assert (run_dir / "learning_curve.png").stat().st_size > 0

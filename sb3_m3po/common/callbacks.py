@@ -356,6 +356,10 @@ class MultiTaskEvalCallback(EventCallback):
                     self.model.save(os.path.join(self.best_model_save_path, "best_model"))
 
 
+# suffix of the evaluations file while it is written (np.savez appends ".npz")
+_PARTIAL = ".partial"
+
+
 class TaskAwareEvalCallback(EvalCallback):
     """
     SB3's ``EvalCallback`` that also records the task of every evaluation episode on multi-task envs.
@@ -408,19 +412,28 @@ class TaskAwareEvalCallback(EvalCallback):
         evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
         if evaluating:
             self._episodes = []
-        continue_training = super()._on_step()
-        if evaluating and self.task_names is not None and len(self._episodes) == self.n_eval_episodes:
+        final_path = self.log_path
+        if evaluating and final_path is not None:
+            # EvalCallback writes evaluations.npz in place; a Ctrl-C during that write would leave a
+            # cut file (no learning curve on exit), so it writes beside it and we move the file over.
+            self.log_path = final_path + _PARTIAL
+        try:
+            continue_training = super()._on_step()
+        finally:
+            self.log_path = final_path
+        if not evaluating or final_path is None:
+            return continue_training
+        if self.task_names is not None and len(self._episodes) == self.n_eval_episodes:
             self.evaluations_tasks.append([t for t, _, _ in self._episodes])
-            if self.log_path is not None:
-                extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
-                with deferred_keyboard_interrupt():
-                    np.savez(
-                        self.log_path,
-                        timesteps=self.evaluations_timesteps,
-                        results=self.evaluations_results,
-                        ep_lengths=self.evaluations_length,
-                        tasks=np.array(self.evaluations_tasks),
-                        task_names=np.array(self.task_names),
-                        **extra,  # type: ignore[arg-type]
-                    )
+            extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
+            np.savez(
+                final_path + _PARTIAL,
+                timesteps=self.evaluations_timesteps,
+                results=self.evaluations_results,
+                ep_lengths=self.evaluations_length,
+                tasks=np.array(self.evaluations_tasks),
+                task_names=np.array(self.task_names),
+                **extra,  # type: ignore[arg-type]
+            )
+        os.replace(final_path + _PARTIAL + ".npz", final_path + ".npz")
         return continue_training
