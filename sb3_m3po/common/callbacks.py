@@ -421,10 +421,15 @@ class TaskAwareEvalCallback(EvalCallback):
             continue_training = super()._on_step()
         finally:
             self.log_path = final_path
-        if not evaluating or final_path is None:
+        if not evaluating:
             return continue_training
-        if self.task_names is not None and len(self._episodes) == self.n_eval_episodes:
+        recorded = self.task_names is not None and len(self._episodes) == self.n_eval_episodes
+        if recorded:
             self.evaluations_tasks.append([t for t, _, _ in self._episodes])
+        if final_path is None:
+            return continue_training
+        if recorded:
+            assert self.task_names is not None
             extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
             np.savez(
                 final_path + _PARTIAL,
