@@ -15,6 +15,12 @@ and split by wrapping the methods that do the work:
 * ``wm_update``: M3PO's world-model (and Q-guidance) gradient steps;
 * ``other``: the rest (buffers, callbacks, logging).
 
+After the timed window each run trains a little longer (one rollout for PPO/M3PO, 512 steps for SAC)
+under ``torch.utils.flop_counter.FlopCounterMode``, which counts the matmul FLOPs (forward and
+backward) per bucket. The counts depend only on the layer sizes and the algorithm's settings, not on
+the machine or its load; with the timed rate they give each algorithm's achieved GFLOP/s, which tells
+whether M3PO is slow because it computes inefficiently or because it computes more.
+
 Writes ``runs.json`` and ``summary.md`` to ``--out``.
 
 Usage::
@@ -46,6 +52,8 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     "m3po_r4": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.25, "wm_batch_size": 128, "mppi_iterations": 3}, 4096),
     # the fastest 8-env configuration (the defaults of commit 957d02f), which fails the learning check
     "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256, "mppi_iterations": 2}, 4096),
+    # half the world-model steps, a third of the planner's arithmetic (as in learning_check.py)
+    "m3po_lean": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.5, "num_samples": 64, "mppi_iterations": 2}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
     # the shipped configuration with every network compiled by torch.compile (compilation falls in the warm-up)
     "m3po_compile": ("M3PO", {"n_envs": 8, "policy_kwargs": {"torch_compile": True}}, 4096),
@@ -55,27 +63,43 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
 
 
 class Stopwatch:
-    """Accumulates wall-clock seconds per named bucket."""
+    """Accumulates wall-clock seconds, and matmul FLOPs while a ``FlopCounterMode`` is set, per named bucket."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.flops: dict[str, int] = {}
+        self.counter = None  # a torch.utils.flop_counter.FlopCounterMode while FLOPs are counted
 
     def wrap(self, obj: object, method: str, bucket: str) -> None:
         original = getattr(obj, method)
 
         @functools.wraps(original)
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            counter = self.counter
+            flops = counter.get_total_flops() if counter is not None else 0
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - start
+                if counter is not None:
+                    self.flops[bucket] = self.flops.get(bucket, 0) + counter.get_total_flops() - flops
 
         setattr(obj, method, timed)
 
 
+def split_buckets(totals: dict, total: float) -> dict:
+    """Per-bucket amounts with M3PO's nested ``update_total`` (PPO epochs + world model) split, and the rest as ``other``."""
+    split = dict(totals)
+    if "update_total" in split:  # M3PO: train() = PPO epochs + world model
+        split["policy_update"] = split.get("policy_update", 0) + split.pop("update_total") - split.get("wm_update", 0)
+    split["other"] = total - sum(split.values())
+    return split
+
+
 def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | None = None) -> dict:
     import torch as th
+    from torch.utils.flop_counter import FlopCounterMode
 
     th.set_num_threads(threads)
     from stable_baselines3 import PPO, SAC
@@ -123,10 +147,19 @@ def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | Non
     start_steps, start_time, start_seconds = marks[0]
     steps = model.num_timesteps - start_steps
     wall = end_time - start_time
-    split = {k: end_seconds.get(k, 0.0) - start_seconds.get(k, 0.0) for k in end_seconds}
-    if "update_total" in split:  # M3PO: train() = PPO epochs + world model
-        split["policy_update"] = split.get("policy_update", 0.0) + split.pop("update_total") - split.get("wm_update", 0.0)
-    split["other"] = wall - sum(split.values())
+    split = split_buckets({k: end_seconds.get(k, 0.0) - start_seconds.get(k, 0.0) for k in end_seconds}, wall)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the slower counting pass
+
+    # FLOPs of whole rollouts + updates (on-policy algorithms update once per rollout)
+    count_steps = n_steps if n_steps > 1 else 512
+    counter = FlopCounterMode(display=False)
+    counted_from = model.num_timesteps
+    with counter:
+        watch.counter = counter
+        model.learn(count_steps, reset_num_timesteps=False)
+        watch.counter = None
+    counted = model.num_timesteps - counted_from
+    flops = split_buckets(watch.flops, counter.get_total_flops())
     return {
         "task": task,
         "algo": algo,
@@ -136,7 +169,9 @@ def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | Non
         "wall_seconds": wall,
         "env_steps_per_s": steps / wall,
         "seconds_per_1k_steps": {k: 1000 * v / steps for k, v in sorted(split.items())},
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gflop_per_1k_steps": {k: 1000 * v / counted / 1e9 for k, v in sorted(flops.items())},
+        "flop_counted_env_steps": counted,
+        "peak_rss_mib": peak_rss,
         "threads": threads,
     }
 
@@ -189,6 +224,29 @@ def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
         for variant in (a for a in rate if a.startswith("m3po")):
             vs = [f"{rate[variant] / rate[b]:.2f}x" if b in rate else "n/a" for b in ("sac", "ppo")]
             lines.append(f"| {task} | {variant} | {vs[0]} | {vs[1]} |")
+    counted = [r for r in rows if "gflop_per_1k_steps" in r]
+    if counted:
+        lines += [
+            "",
+            "## Arithmetic per env step",
+            "",
+            "Matmul GFLOP (forward and backward, counted by `FlopCounterMode` over whole rollouts and their updates "
+            "right after the timed window) per 1k env steps, and the achieved rate: GFLOP per 1k steps x env steps/s "
+            "of the timed window. `x SAC` compares the arithmetic per env step with SAC's on the same task: at equal "
+            "achieved GFLOP/s, an algorithm with `x SAC` = k runs at 1/k of SAC's env steps/s.",
+            "",
+            "| task | algo | GFLOP per 1k env steps: act / policy_update / wm_update / total | x SAC | achieved GFLOP/s |",
+            "|---|---|---|---|---|",
+        ]
+        for r in counted:
+            g = r["gflop_per_1k_steps"]
+            total = sum(g.values())
+            sac = next((x for x in counted if x["task"] == r["task"] and x["algo"] == "sac"), None)
+            vs = f"{total / sum(sac['gflop_per_1k_steps'].values()):.2f}x" if sac is not None else "n/a"
+            parts = " / ".join(f"{g.get(b, 0.0):.1f}" for b in ("act", "policy_update", "wm_update"))
+            lines.append(
+                f"| {r['task']} | {r['algo']} | {parts} / {total:.1f} | {vs} | {total * r['env_steps_per_s'] / 1000:.1f} |"
+            )
     # tables written by planner_bench.py and profile_m3po.py into the same folder
     for prefix, title in (("planner_", "Planner microbenchmark"), ("profile_", "Operator profiles")):
         found = sorted(n for n in os.listdir(out) if n.startswith(prefix) and n.endswith(".md"))
