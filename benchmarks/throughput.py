@@ -97,7 +97,9 @@ def split_buckets(totals: dict, total: float) -> dict:
     return split
 
 
-def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | None = None) -> dict:
+def run_one(
+    task: str, algo: str, warmup: int, threads: int, measured: int | None = None, flop_steps: int | None = None
+) -> dict:
     import torch as th
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -151,7 +153,7 @@ def run_one(task: str, algo: str, warmup: int, threads: int, measured: int | Non
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the slower counting pass
 
     # FLOPs of whole rollouts + updates (on-policy algorithms update once per rollout)
-    count_steps = n_steps if n_steps > 1 else 512
+    count_steps = flop_steps or (n_steps if n_steps > 1 else 512)
     counter = FlopCounterMode(display=False)
     counted_from = model.num_timesteps
     with counter:
