@@ -189,7 +189,7 @@ def main() -> None:
         f"{options}, commit {machine['commit']}); `{args.planner}` planner: H={planner.horizon}, "
         f"{planner.num_samples} samples ({planner.num_prior_trajectories} from the prior) x {planner.iterations} "
         f"iterations. Command: `python benchmarks/planner_bench.py --presets {' '.join(args.presets)} --planner "
-        f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device}{flags}`.",
+        f"{args.planner} --n-envs {' '.join(map(str, args.n_envs))} --device {args.device} --threads {args.threads}{flags}`.",
         "",
         "| preset | n_envs | ms / call | actions/s | planner GFLOP/s | matmul GFLOP/s (same shape) | efficiency |",
         "|---|---|---|---|---|---|---|",
