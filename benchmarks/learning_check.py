@@ -62,8 +62,8 @@ ALGOS: dict[str, tuple[str, dict]] = {
     "m3po_r4": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.25, "wm_batch_size": 128, "mppi_iterations": 3}),
     # the fastest 8-env configuration (the defaults of commit 957d02f): it fails the check
     "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256, "mppi_iterations": 2}),
-    # half the world-model steps and a third of the planner's arithmetic (64 samples x 2 iterations): the
-    # matmul FLOPs per env step that benchmarks/throughput.py counts put it at 0.6x SAC's (the shipped one: 1.36x)
+    # half the world-model steps and a third of the planner's arithmetic (64 samples x 2 iterations), about half
+    # the matmul FLOPs per env step of "m3po" (benchmarks/results/throughput); it fails the check on cartpole
     "m3po_lean": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.5, "num_samples": 64, "mppi_iterations": 2}),
 }
 

@@ -1,6 +1,7 @@
 """Which code produced a benchmark record: shared by the benchmark scripts of this folder."""
 
 import os
+import platform
 import subprocess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,3 +24,24 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """Platform, CPU model and cores, Python and torch versions."""
+    import torch as th
+
+    return (
+        f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {th.__version__}"
+    )

@@ -67,7 +67,6 @@ import glob
 import io
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -93,7 +92,7 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 RUNS_DIR = os.path.join(BENCH_DIR, "runs")
 if BENCH_DIR not in sys.path:  # the runner is also loaded from its path (tests), not only run as a script
     sys.path.insert(0, BENCH_DIR)
-from provenance import code_version  # noqa: E402  (same folder)
+from provenance import code_version, machine_description  # noqa: E402  (same folder)
 from resume import (  # noqa: E402  (same folder)
     Segment,
     drop_checkpoints,
@@ -681,27 +680,6 @@ def zoo_command(
 
 # ---------------------------------------------------------------------------------------------------------
 # Provenance
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description() -> str:
-    """Platform, CPU model and cores, Python and torch versions."""
-    import torch as th
-
-    return (
-        f"{platform.system()} {platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {th.__version__}"
-    )
 
 
 def device_description(device: str) -> str:

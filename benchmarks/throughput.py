@@ -33,11 +33,16 @@ import functools
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
+import sys
 import time
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+if BENCH_DIR not in sys.path:  # also loaded from its path (tests), not only run as a script
+    sys.path.insert(0, BENCH_DIR)
+from provenance import code_version, machine_description  # noqa: E402  (same folder)
+
+DEFAULT_OUT = os.path.join(BENCH_DIR, "results", "throughput")
 
 TASKS = {"cartpole": "dm_control/cartpole-swingup-v0", "reach": "metaworld/reach-v3"}
 ACTION_REPEAT = 2
@@ -193,16 +198,15 @@ def median_runs(runs: list[dict]) -> list[dict]:
 
 def summarize(runs: list[dict], out: str, args: argparse.Namespace) -> str:
     """Write ``summary.md``: the throughput table, the ratios to SAC/PPO, and the planner/profile tables found in ``out``."""
-    import torch as th
-
     buckets = ["env", "act", "policy_update", "wm_update", "other"]
     rows = median_runs(runs)
     lines = [
         "# Training throughput",
         "",
         f"Produced by `python benchmarks/throughput.py --tasks {' '.join(args.tasks)} --algos {' '.join(args.algos)} "
-        f"--threads {args.threads} --repeats {args.repeats}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {th.__version__}, {args.threads} torch threads, one run at a time, algorithms alternating within "
+        f"--threads {args.threads} --repeats {args.repeats}"
+        f"{f' --measured {args.measured}' if getattr(args, 'measured', None) else ''}`. "
+        f"Machine: {machine_description()}, {args.threads} torch threads, one run at a time, algorithms alternating within "
         f"each repeat. Action repeat 2 for every algorithm; default hyperparameters: M3PO in its shipped "
         f"configuration (`m3po`: 8 envs, package defaults), SB3's SAC and PPO with their defaults (one env); the "
         f"other rows are variants (see ALGOS in the script). Measured after {args.warmup} env steps of warm-up "
@@ -285,8 +289,6 @@ def main() -> None:
         with open(os.path.join(args.out, "runs.json")) as f:
             print(summarize(json.load(f), args.out, args))
         return
-    from provenance import code_version  # same folder: the commit the runs were produced by
-
     commit = code_version()
     kept: list[dict] = []
     if args.merge and os.path.exists(os.path.join(args.out, "runs.json")):
