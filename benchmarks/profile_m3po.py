@@ -47,12 +47,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--n-envs", type=int, default=8, help="envs planned in one batch (8: the shipped configuration)")
+    parser.add_argument("--compile", action="store_true", help="policy torch_compile=True (compiled rollouts and loss)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args()
     th.set_num_threads(args.threads)
 
     env = make_vec_env(lambda: make_env("dm_control/cartpole-swingup-v0", action_repeat=2), n_envs=args.n_envs, seed=0)
-    model = M3PO("MlpPolicy", env, seed=0, wm_gradient_steps=8)
+    policy_kwargs = {"torch_compile": True} if args.compile else None
+    model = M3PO("MlpPolicy", env, seed=0, wm_gradient_steps=8, policy_kwargs=policy_kwargs)
     model.learn(2048)  # past learning_starts, so the world model has trained a little
     policy = model.policy
     obs = th.as_tensor(model._flat(model._last_obs))
@@ -81,8 +83,9 @@ def main() -> None:
     header = [
         f"# Profile `{args.label}`",
         "",
-        f"`python benchmarks/profile_m3po.py --label {args.label} --threads {args.threads} --n-envs {args.n_envs}`: "
-        f"cartpole-swingup, default M3PO (cpu preset), {args.n_envs} env(s) planned per call, "
+        f"`python benchmarks/profile_m3po.py --label {args.label} --threads {args.threads} --n-envs {args.n_envs}"
+        f"{' --compile' if args.compile else ''}`: cartpole-swingup, default M3PO (cpu preset"
+        f"{', torch_compile=True' if args.compile else ''}), {args.n_envs} env(s) planned per call, "
         f"{platform.machine()} {os.cpu_count()} cores, torch {th.__version__}, "
         f"{args.threads} torch thread(s), {args.calls} calls each, commit {code_version()}.",
         "",

@@ -161,7 +161,8 @@ def run_one(
     count_steps = flop_steps or (n_steps if n_steps > 1 else 512)
     counter = FlopCounterMode(display=False)
     counted_from = model.num_timesteps
-    with counter:
+    # eager while counting (the dispatch mode sees no ops inside compiled graphs); FLOPs depend on shapes only
+    with th._dynamo.config.patch(disable=True), counter:
         watch.counter = counter
         model.learn(count_steps, reset_num_timesteps=False)
         watch.counter = None

@@ -691,7 +691,7 @@ class M3PO(PPO):
             batch = self.replay_buffer.sample(self.wm_batch_size, self.horizon, vec_norm)
             task = policy.task_ids(batch.observations)
             target_z, td_targets = self._world_model_targets(batch, task)
-            losses = wm.losses(
+            losses = policy.world_model_losses(
                 batch.observations,
                 batch.actions,
                 batch.rewards,

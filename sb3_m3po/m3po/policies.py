@@ -94,9 +94,11 @@ class M3POPolicy(BasePolicy):
     :param enc_lr_scale: encoder learning-rate multiplier
     :param optimizer_class: optimizer of the prior/value (and world model)
     :param optimizer_kwargs: extra optimizer arguments
-    :param torch_compile: compile every network with ``torch.compile`` (needs a C++ compiler on CPU).
-        It fuses the LayerNorm/SiLU chains between the small matmuls (planning gains most; see
+    :param torch_compile: run the planner's model rollouts and the world-model loss (forward and
+        backward) as ``torch.compile`` graphs (needs a C++ compiler on CPU). Whole graphs fuse the
+        LayerNorm/SiLU/softmax passes between the small matmuls (see
         ``benchmarks/planner_bench.py --compile``); costs tens of seconds of compilation at the start
+        and again for each new batch shape
     """
 
     def __init__(
@@ -163,8 +165,6 @@ class M3POPolicy(BasePolicy):
         self.task_action_dims = self._check_tasks(num_tasks, task_action_dims)
         self.torch_compile = torch_compile
         self._build(lr_schedule)
-        if torch_compile:
-            self._compile_networks()
 
     def _check_tasks(self, num_tasks: int, task_action_dims: list[int] | None) -> list[int] | None:
         if num_tasks < 1:
@@ -209,7 +209,10 @@ class M3POPolicy(BasePolicy):
         assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
         nn.init.orthogonal_(actor_out.weight, gain=0.01)
         nn.init.zeros_(actor_out.bias)
-        self.planner = MPPIPlanner(self.planner_config)
+        self.planner = MPPIPlanner(self.planner_config, compile=self.torch_compile)
+        # the algorithm calls this for the world-model loss; compiled, its backward is one graph too
+        losses = self.world_model.losses
+        self.world_model_losses = th.compile(losses, dynamic=False) if self.torch_compile else losses
         masks = None
         if self.task_action_dims is not None:
             masks = (th.arange(self.action_dim)[None, :] < th.tensor(self.task_action_dims)[:, None]).float()
@@ -231,12 +234,6 @@ class M3POPolicy(BasePolicy):
             lr=self.wm_learning_rate,
             **self.optimizer_kwargs,  # type: ignore[call-arg]
         )
-
-    def _compile_networks(self) -> None:
-        """Compile each network in place: parameter names, state dicts and optimizers are unchanged."""
-        wm = self.world_model
-        for net in (wm.encoder, wm.dynamics, wm.reward_head, wm.q_ensemble, wm.target_q_ensemble, self.actor, self.value_net):
-            net.compile()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
