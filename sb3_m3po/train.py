@@ -168,6 +168,7 @@ def patch_experiment_manager(checkpoint_freq: int | None = None) -> None:
     from rl_zoo3.exp_manager import ExperimentManager
 
     from sb3_m3po.common.callbacks import TaskAwareEvalCallback
+    from sb3_m3po.common.signals import StopOnInterrupt
 
     # the task of every evaluation episode of multi-task envs goes into evaluations.npz (else unchanged)
     exp_manager.EvalCallback = TaskAwareEvalCallback  # type: ignore[misc]
@@ -183,9 +184,13 @@ def patch_experiment_manager(checkpoint_freq: int | None = None) -> None:
             # A subclass for the duration of learn(): a bound-method attribute on the instance would be
             # pickled by every save() during training (best model, checkpoints), and with it the envs.
             model.__class__ = _continuing(algorithm_class)
+        stop = StopOnInterrupt()
+        self.callbacks.append(stop)
         try:
-            original(self, model)  # catches KeyboardInterrupt, so Ctrl-C still saves the model
+            with stop.installed():
+                original(self, model)  # catches KeyboardInterrupt, so Ctrl-C still saves the model
         finally:
+            self.callbacks.remove(stop)
             model.__class__ = algorithm_class
         _write_learning_curve(self.save_path, self.env_name.gym_id)
 

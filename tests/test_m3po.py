@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.envs import make_env
-from sb3_m3po.common.signals import deferred_keyboard_interrupt
+from sb3_m3po.common.signals import StopOnInterrupt, deferred_keyboard_interrupt
 
 
 def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
@@ -123,6 +123,31 @@ def test_deferred_keyboard_interrupt_lets_the_block_finish_then_raises():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         with deferred_keyboard_interrupt():  # no signal: nothing raised
             pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_lost_in_a_finaliser_still_ends_learn(tiny):
+    class RaisesInFinaliser:
+        def __del__(self) -> None:
+            # the handler's KeyboardInterrupt is raised in here, where Python only prints it as "ignored"
+            signal.raise_signal(signal.SIGINT)
+
+    class Trigger(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 40:
+                RaisesInFinaliser()  # dropped at once
+            return True
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+        stop = StopOnInterrupt()
+        with stop.installed():
+            model.learn(2_000, callback=[Trigger(), stop])
+        assert stop.requested, "SIGINT did not reach the handler"
+        assert model.num_timesteps == 40, f"learn() went on to {model.num_timesteps} steps after Ctrl-C"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler was not put back"
     finally:
         signal.signal(signal.SIGINT, previous)
 

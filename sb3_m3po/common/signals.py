@@ -1,9 +1,12 @@
-"""Holding Ctrl-C while a file is being written, so an interrupted run keeps a loadable model."""
+"""Ctrl-C during training: held while a file is written, and always ending ``learn()`` with a loadable model."""
 
 import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
+
+from stable_baselines3.common.callbacks import BaseCallback
 
 
 @contextlib.contextmanager
@@ -30,3 +33,40 @@ def deferred_keyboard_interrupt() -> Iterator[None]:
     # only reached when the block succeeded: a failing save keeps its own exception
     if received and callable(previous):
         previous(signal.SIGINT, None)
+
+
+class StopOnInterrupt(BaseCallback):
+    """
+    Ends ``learn()`` at the next step once Ctrl-C was pressed: a backstop to the ``KeyboardInterrupt``.
+
+    Python raises the ``KeyboardInterrupt`` in whatever code runs when it handles the signal. When that
+    code is a finaliser (``__del__``, a weakref or garbage-collector callback) the exception is printed
+    as "ignored" and lost, and training would go on as if Ctrl-C had not been pressed. While
+    :meth:`installed` is active, SIGINT also sets a flag that this callback reads at every step, so
+    ``learn()`` returns and the caller saves the model as after any Ctrl-C.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopOnInterrupt"]:
+        """Route SIGINT through :meth:`handle` for the block (main thread with a Python handler only)."""
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(previous):
+            yield self
+            return
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self.requested = True
+            previous(signum, frame)  # the usual KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_step(self) -> bool:
+        return not self.requested
