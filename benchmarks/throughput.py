@@ -59,6 +59,8 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     "m3po_r8": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.125, "wm_batch_size": 256, "mppi_iterations": 2}, 4096),
     # half the world-model steps, a third of the planner's arithmetic (as in learning_check.py)
     "m3po_lean": ("M3PO", {"n_envs": 8, "wm_update_ratio": 0.5, "num_samples": 64, "mppi_iterations": 2}, 4096),
+    # one world-model step per transition on 32 subsequences, with m3po_lean's planner (as in learning_check.py)
+    "m3po_b32": ("M3PO", {"n_envs": 8, "wm_batch_size": 32, "num_samples": 64, "mppi_iterations": 2}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
     # the shipped configuration with every network compiled by torch.compile (compilation falls in the warm-up)
     "m3po_compile": ("M3PO", {"n_envs": 8, "policy_kwargs": {"torch_compile": True}}, 4096),
