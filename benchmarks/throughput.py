@@ -62,7 +62,8 @@ ALGOS: dict[str, tuple[str, dict, int]] = {
     # one world-model step per transition on 32 subsequences, with m3po_lean's planner (as in learning_check.py)
     "m3po_b32": ("M3PO", {"n_envs": 8, "wm_batch_size": 32, "num_samples": 64, "mppi_iterations": 2}, 4096),
     "m3po_5M": ("M3PO", {"n_envs": 8, "policy_kwargs": {"model_size": "5M"}}, 512),
-    # the shipped configuration with every network compiled by torch.compile (compilation falls in the warm-up)
+    # the shipped configuration with torch_compile=True: planner rollouts and world-model loss as compiled graphs
+    # (compilation falls in the warm-up)
     "m3po_compile": ("M3PO", {"n_envs": 8, "policy_kwargs": {"torch_compile": True}}, 4096),
     "sac": ("SAC", {}, 2048),
     "ppo": ("PPO", {}, 4096),

@@ -354,6 +354,8 @@ def test_torch_compile_matches_eager_and_survives_save_load(tiny, tmp_path):
     compiled.save(tmp_path / "compiled")
     loaded = M3PO.load(tmp_path / "compiled", env=compiled.env)
     assert loaded.policy.torch_compile and loaded.policy.planner.compile
+    for (name, p), (_, q) in zip(compiled.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert th.equal(p, q), name
 
 
 def test_prior_update_without_dual_clip_equals_sb3_ppo_train(tiny):

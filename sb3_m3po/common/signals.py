@@ -52,7 +52,7 @@ class StopOnInterrupt(BaseCallback):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopOnInterrupt"]:
-        """Route SIGINT through :meth:`handle` for the block (main thread with a Python handler only)."""
+        """For the block, SIGINT sets ``requested`` before the usual handler runs (main thread, Python handler only)."""
         previous = signal.getsignal(signal.SIGINT)
         if threading.current_thread() is not threading.main_thread() or not callable(previous):
             yield self
