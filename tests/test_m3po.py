@@ -127,6 +127,7 @@ def test_deferred_keyboard_interrupt_lets_the_block_finish_then_raises():
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost interrupt, on purpose
 def test_ctrl_c_lost_in_a_finaliser_still_ends_learn(tiny):
     class RaisesInFinaliser:
         def __del__(self) -> None:
@@ -148,6 +149,16 @@ def test_ctrl_c_lost_in_a_finaliser_still_ends_learn(tiny):
         assert stop.requested, "SIGINT did not reach the handler"
         assert model.num_timesteps == 40, f"learn() went on to {model.num_timesteps} steps after Ctrl-C"
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler was not put back"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_ignored_by_the_shell_is_reported():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script gives a process
+    try:
+        with pytest.warns(RuntimeWarning, match="SIGINT .Ctrl-C. is ignored"):
+            with StopOnInterrupt().installed():
+                assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN, "an ignored SIGINT must stay ignored"
     finally:
         signal.signal(signal.SIGINT, previous)
 

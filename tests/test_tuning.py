@@ -33,9 +33,23 @@ def run_train(cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProces
     return subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # Under a pytest started in the background by a shell (`pytest &`), children inherit an ignored SIGINT,
+    # and Python then installs no KeyboardInterrupt handler: the Ctrl-C test would wait for nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_train(cwd, *args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "sb3_m3po.train", *args]
-    return subprocess.Popen(command, cwd=cwd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def test_optimize_on_a_journal_storage_writes_its_report(tmp_path):

@@ -3,6 +3,7 @@
 import contextlib
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from types import FrameType
 
@@ -54,6 +55,16 @@ class StopOnInterrupt(BaseCallback):
     def installed(self) -> Iterator["StopOnInterrupt"]:
         """For the block, SIGINT sets ``requested`` before the usual handler runs (main thread, Python handler only)."""
         previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            # a shell without job control starts background commands (``cmd &``) with SIGINT ignored,
+            # and Python then installs no KeyboardInterrupt handler: say so instead of leaving Ctrl-C dead
+            warnings.warn(
+                "SIGINT (Ctrl-C) is ignored in this process, as for commands started in the background by a "
+                "shell: it will neither stop training nor save the model. Stop it with SIGTERM and continue "
+                "from the latest checkpoint (train --checkpoint-freq), or start it in the foreground.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if threading.current_thread() is not threading.main_thread() or not callable(previous):
             yield self
             return
