@@ -132,6 +132,7 @@ def test_nan_planned_action_raises(tiny):
         ({"target_kl": 0.0}, "target_kl"),
         ({"kl_estimate": "exact"}, "kl_estimate"),
         ({"dual_clip": 1.0}, "dual_clip"),
+        ({"action_choice": "best"}, "action_choice"),
         ({"policy_kwargs": {"model_size": "huge"}}, "model_size"),
         ({"policy_kwargs": {"latent_dim": 30}}, "latent_dim"),
     ],

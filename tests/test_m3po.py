@@ -283,6 +283,19 @@ def test_eval_callback_uses_warm_started_planner(tiny, tmp_path):
     assert (tmp_path / "evaluations.npz").exists()
 
 
+def test_elite_action_choice_trains_and_survives_save_load(tiny, tmp_path):
+    model = M3PO("MlpPolicy", "Pendulum-v1", action_choice="elite", seed=0, **tiny)
+    model.learn(64)
+    behaviour = model.rollout_buffer.behaviour_log_probs
+    assert np.isfinite(behaviour).all()
+    assert not np.allclose(behaviour, model.rollout_buffer.log_probs), "planner actions are not the prior's"
+    model.save(tmp_path / "elite")
+    loaded = M3PO.load(tmp_path / "elite")
+    assert loaded.action_choice == "elite" and loaded.policy.planner.config.action_choice == "elite"
+    obs = model.env.reset()
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
 def test_planner_off_acts_with_the_prior(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", use_planner=False, **tiny)
     model.learn(64)

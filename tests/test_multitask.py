@@ -109,11 +109,13 @@ def test_actions_are_truncated_and_rescaled_for_the_task_env():
     assert np.allclose(np.concatenate(recorder.actions), [1.0, -2.0]), "rescaled from [-1, 1] to Pendulum's [-2, 2], clipped"
 
 
-def _policy(use_planner: bool = True) -> tuple[M3POPolicy, th.Tensor]:
+def _policy(use_planner: bool = True, action_choice: str = "mean") -> tuple[M3POPolicy, th.Tensor]:
     th.manual_seed(0)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (10 + 2,), np.float32)
     action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    planner = PlannerConfig(horizon=2, num_samples=16, num_elites=4, num_prior_trajectories=4, iterations=2)
+    planner = PlannerConfig(
+        horizon=2, num_samples=16, num_elites=4, num_prior_trajectories=4, iterations=2, action_choice=action_choice
+    )
     policy = M3POPolicy(
         obs_space,
         action_space,
@@ -133,9 +135,9 @@ def _policy(use_planner: bool = True) -> tuple[M3POPolicy, th.Tensor]:
     return policy, obs
 
 
-@pytest.mark.parametrize("use_planner", [True, False])
-def test_masked_action_dims_never_change_a_log_probability(use_planner):
-    policy, obs = _policy(use_planner)
+@pytest.mark.parametrize("use_planner, action_choice", [(True, "mean"), (True, "elite"), (False, "mean")])
+def test_masked_action_dims_never_change_a_log_probability(use_planner, action_choice):
+    policy, obs = _policy(use_planner, action_choice)
     with th.no_grad():
         out = policy.act(obs, policy.initial_plan(6))
         assert th.all(out.action[:3, 1] == 0), "task 0 has one action dim: the second is 0 in execution"
@@ -148,11 +150,15 @@ def test_masked_action_dims_never_change_a_log_probability(use_planner):
         changed[:3, 1] = th.tensor([0.7, -0.3, 5.0])
         _, log_prob_changed, _ = policy.evaluate_actions(obs, changed)
         assert th.equal(log_prob_changed[:3], log_prob[:3])
-        if use_planner:
+        if use_planner and action_choice == "mean":
             # the behaviour density of MPPI's refitted Gaussian (std 0 on the masked dim) ignores that dim too
             mask = policy.action_mask(policy.task_ids(obs))
             recomputed = masked_gaussian_log_prob(changed, out.plan[:, 0], out.behaviour_std, mask)
             assert th.allclose(recomputed, out.behaviour_log_prob, atol=1e-5)
+        elif use_planner:
+            # one elite's first action: 0 on the masked dim like every elite, with no noise there (std 0);
+            # the mixture density skips masked dims (tests/test_planner.py)
+            assert (out.behaviour_std[:3, 1] == 0).all()
         else:
             assert th.equal(out.behaviour_log_prob, out.log_prob)
         # task 0's log-prob and entropy are those of a 1-dim Gaussian

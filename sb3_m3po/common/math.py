@@ -202,6 +202,32 @@ def masked_gaussian_log_prob(x: th.Tensor, mean: th.Tensor, std: th.Tensor, mask
     return (log_prob * mask).sum(-1)
 
 
+def gaussian_mixture_log_prob(
+    x: th.Tensor, means: th.Tensor, std: th.Tensor, weights: th.Tensor, mask: th.Tensor | None = None
+) -> th.Tensor:
+    """
+    Log-density of a mixture of diagonal Gaussians that share one std, over the valid dimensions.
+
+    The density an action has when a component is drawn by ``weights`` and then perturbed by
+    ``std`` noise (MPPI acting with one elite): ``log sum_k w_k N(x; means_k, std)``.
+
+    :param x: ``(B, A)`` points
+    :param means: ``(B, K, A)`` component means
+    :param std: ``(B, A)`` shared std
+    :param weights: ``(B, K)`` component probabilities (sum to one; zeros allowed)
+    :param mask: optional ``(B, A)`` of 0/1, 1 on valid dimensions
+    :return: ``(B,)``
+    """
+    expand = (-1, means.shape[1], -1)
+    component = masked_gaussian_log_prob(
+        x[:, None].expand(expand),
+        means,
+        std[:, None].expand(expand),
+        None if mask is None else mask[:, None].expand(expand),
+    )
+    return th.logsumexp(th.log(weights) + component, dim=1)
+
+
 def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """
     Entropy of a diagonal Gaussian over the valid dimensions of the last axis: ``sum_valid 0.5 log(2 pi e std^2)``.

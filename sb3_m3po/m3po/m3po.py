@@ -85,6 +85,8 @@ class M3PO(PPO):
     :param temperature: MPPI temperature (multiplies the scores)
     :param min_std: lower clamp of the MPPI std
     :param max_std: upper clamp of the MPPI std
+    :param action_choice: the executed action's centre: ``"mean"`` (the MPPI mean) or ``"elite"`` (one
+        elite drawn by its weight, as in TD-MPC2; see :class:`~sb3_m3po.m3po.planner.PlannerConfig`)
     :param wm_learning_rate: world-model learning rate
     :param wm_batch_size: subsequences per world-model gradient step
     :param wm_gradient_steps: world-model steps per iteration (-1: ``wm_update_ratio`` per collected transition)
@@ -156,6 +158,7 @@ class M3PO(PPO):
         temperature: float = 0.5,
         min_std: float = 0.05,
         max_std: float = 2.0,
+        action_choice: str = "mean",
         wm_learning_rate: float = 3e-4,
         wm_batch_size: int = 128,
         wm_gradient_steps: int = -1,
@@ -220,6 +223,7 @@ class M3PO(PPO):
         self.temperature = temperature
         self.min_std = min_std
         self.max_std = max_std
+        self.action_choice = action_choice
         self.wm_learning_rate = wm_learning_rate
         self.wm_batch_size = wm_batch_size
         self.wm_gradient_steps = wm_gradient_steps
@@ -295,6 +299,7 @@ class M3PO(PPO):
             min_std=self.min_std,
             max_std=self.max_std,
             gamma=self.gamma,
+            action_choice=self.action_choice,
         )
 
     def _check_spaces(self) -> None:

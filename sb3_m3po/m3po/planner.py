@@ -5,7 +5,7 @@ from typing import NamedTuple, Protocol
 
 import torch as th
 
-from sb3_m3po.common.math import mppi_refit
+from sb3_m3po.common.math import gaussian_mixture_log_prob, masked_gaussian_log_prob, mppi_refit
 
 
 class LatentModel(Protocol):
@@ -18,6 +18,9 @@ class LatentModel(Protocol):
     def terminal_value(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
 
     def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
+
+
+ACTION_CHOICES = ("mean", "elite")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class PlannerConfig:
     :param min_std: lower clamp of the sampling std
     :param max_std: upper clamp (and initial value) of the sampling std
     :param gamma: discount of the planning return
+    :param action_choice: what the executed action is centred on: ``"mean"`` (the refitted mean's first
+        action) or ``"elite"`` (the first action of one elite, drawn by its weight; the one with the
+        largest weight when deterministic), as in TD-MPC2. When the elites split between two
+        equally good actions (push left or right to swing a pole up) their mean can be neither.
     """
 
     horizon: int = 3
@@ -45,6 +52,7 @@ class PlannerConfig:
     min_std: float = 0.05
     max_std: float = 2.0
     gamma: float = 0.99
+    action_choice: str = "mean"
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +73,10 @@ class PlannerConfig:
                 f"need 0 < min_std <= max_std, got min_std={self.min_std}, max_std={self.max_std}",
             ),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+            (
+                self.action_choice in ACTION_CHOICES,
+                f"action_choice must be one of {ACTION_CHOICES}, got {self.action_choice!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,10 +84,11 @@ class PlannerConfig:
 
 
 class PlanResult(NamedTuple):
-    action: th.Tensor  # (B, A) executed action (unclipped sample, or the mean when deterministic)
-    mean: th.Tensor  # (B, A) behaviour Gaussian mean of the first action
-    std: th.Tensor  # (B, A) behaviour Gaussian std of the first action
+    action: th.Tensor  # (B, A) executed action (unclipped sample, or its centre when deterministic)
+    mean: th.Tensor  # (B, A) refitted mean of the first action
+    std: th.Tensor  # (B, A) refitted std of the first action (the noise of a sampled action)
     plan: th.Tensor  # (B, H, A) refitted mean sequence, for warm-starting the next step
+    log_prob: th.Tensor  # (B,) log-density of ``action`` under the distribution it was drawn from
 
 
 def shift_plan(plan: th.Tensor, reset: th.Tensor | None = None) -> th.Tensor:
@@ -205,9 +218,23 @@ class MPPIPlanner:
             refit = mppi_refit(actions, values, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std, action_mask)
             mean, std = refit.mean, refit.std
         first_mean, first_std = mean[:, 0], std[:, 0]
+        if cfg.action_choice == "elite":
+            elite_first = refit.elite_actions[:, :, 0]
+            if deterministic:
+                pick = refit.weights.argmax(dim=1)
+            else:
+                pick = th.multinomial(refit.weights, 1, generator=generator).squeeze(1)
+            centre = elite_first[th.arange(batch, device=z.device), pick]
+        else:
+            centre = first_mean
         if deterministic:
-            action = first_mean
+            action = centre
         else:
             noise = th.randn(batch, act_dim, generator=generator, device=z.device, dtype=z.dtype)
-            action = first_mean + first_std * noise
-        return PlanResult(action, first_mean, first_std, mean)
+            action = centre + first_std * noise
+        if cfg.action_choice == "elite":
+            log_prob = gaussian_mixture_log_prob(action, elite_first, first_std, refit.weights, action_mask)
+        else:
+            # the refit leaves std 0 on masked dims: they are excluded from the density
+            log_prob = masked_gaussian_log_prob(action, first_mean, first_std, action_mask)
+        return PlanResult(action, first_mean, first_std, mean, log_prob)

@@ -368,8 +368,7 @@ class M3POPolicy(BasePolicy):
                 self, z, init_plan, task, action_mask=mask, deterministic=deterministic, generator=generator
             )
             action, plan, std = result.action, result.plan, result.std
-            # the refit leaves std 0 on masked dims: they are excluded from the density
-            behaviour_log_prob = masked_gaussian_log_prob(action, result.mean, result.std, mask)
+            behaviour_log_prob = result.log_prob
         else:
             if deterministic:
                 action = prior.mean
