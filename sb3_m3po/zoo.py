@@ -28,7 +28,7 @@ def hyperparams_dir() -> str:
 
 def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Optuna search space of M3PO: planner size and horizon, bonus, world-model lr, PPO clip/epochs/n_steps.
+    Optuna search space of M3PO: planner size, horizon and action choice, bonus, world-model lr, PPO clip/epochs/n_steps.
 
     :return: constructor kwargs (see :func:`convert_m3po_params`)
     """
@@ -46,6 +46,7 @@ def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3])
     trial.suggest_categorical("n_epochs", [5, 10, 20])
     trial.suggest_int("n_steps_pow", 5, 9)
+    trial.suggest_categorical("action_choice", ["mean", "elite"])  # last: earlier draws of a seed stay the same
     return convert_m3po_params(trial.params)
 
 
