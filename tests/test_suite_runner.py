@@ -230,6 +230,19 @@ def test_action_repeat_must_match_the_hyperparameter_files(tmp_path, tiny):
     suite_runner.check_suite_environment(suite_runner.load_suite(write_suite(tmp_path / "repeat.yml", content)))
 
 
+@pytest.mark.parametrize("name", ["smoke", "dmc", "metaworld", "mt10"])
+def test_shipped_suites_are_valid(name):
+    # a typo in a shipped suite would otherwise surface hours into a benchmark, when its run starts
+    suite = suite_runner.load_suite(name)
+    suite_runner.check_suite_environment(suite)
+    from sb3_m3po import M3PO
+
+    for algorithm in suite.algorithms.values():
+        if algorithm.algo == "m3po" and algorithm.params:
+            # the constructor validates every hyperparameter; the env only has to be cheap
+            M3PO("MlpPolicy", "Pendulum-v1", device="cpu", **algorithm.params)
+
+
 def test_multitask_suite_reports_every_task(tmp_path, tiny):
     # the registered MT10 id with a 2-task toy set: the same rl-zoo3 path as the MT10 suite, in seconds
     content = {
