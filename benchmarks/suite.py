@@ -107,7 +107,9 @@ from resume import (  # noqa: E402  (same folder)
 # Published scores at 100k simulator steps, mean of 3 seeds (DMC: episode return out of 1000;
 # Meta-World: success rate, measured on the v2 tasks while we run v3). Source: the result files of
 # the TD-MPC2 repository (Hansen et al., arXiv 2310.16828), as collected in section 5 of the design
-# brief (M3PO_DESIGN.md). Keyed by our env id.
+# brief (M3PO_DESIGN.md). Keyed by our env id. The brief reads their step axis as simulator steps, but
+# TD-MPC2's public trainer counts agent decisions and its DMControl and Meta-World wrappers repeat each
+# action twice, so the files' 100k mark may be 200k simulator steps; the gap section says so.
 REFERENCE_100K: dict[str, dict[str, float]] = {
     "dm_control/cartpole-swingup-v0": {"TD-MPC2": 839.0, "SAC": 835.0, "DreamerV3": 677.0},
     "dm_control/pendulum-swingup-v0": {"TD-MPC2": 724.0, "SAC": 96.0, "DreamerV3": 699.0},
@@ -1582,13 +1584,20 @@ def _versus_section(suite: Suite, results: dict[tuple[str, str], list[_Result]])
 def _gap_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) -> list[str]:
     """Difference of each algorithm's mean final score to TD-MPC2's published 100k value."""
     tasks = [t for t in suite.tasks.values() if "TD-MPC2" in REFERENCE_100K.get(t.env, {})]
-    lines = ["", "## Gap to TD-MPC2 (published, 100k simulator steps)", ""]
+    lines = ["", "## Gap to TD-MPC2 (published, at the 100k mark of its result files)", ""]
     if not tasks:
         return lines + ["No task of this suite has a published TD-MPC2 value."]
     lines += [
         "Mean final score minus TD-MPC2's value (relative gap in parentheses; >= 0: at or above TD-MPC2). "
         "Only tasks whose budget is 100k simulator steps are compared."
         + (" Meta-World references were measured on v2." if any(t.env.startswith("metaworld/") for t in tasks) else ""),
+        "",
+        "How the published steps count: TD-MPC2's public trainer (`tdmpc2/trainer/online_trainer.py`) adds one "
+        "step per agent decision, and its DMControl and Meta-World wrappers (`tdmpc2/envs/dmcontrol.py`, "
+        "`tdmpc2/envs/metaworld.py`) repeat every action twice. If the result files come from that code, their "
+        "100k mark is 200k simulator steps (100k decisions): twice the simulator steps of the runs here, and "
+        "on DMControl twice their decisions too, so these gaps would understate M3PO. The published SAC values "
+        "come from the same files.",
         "",
         "| task | TD-MPC2 | " + " | ".join(suite.algorithms) + " |",
         "|---" * (len(suite.algorithms) + 2) + "|",
