@@ -230,7 +230,7 @@ def test_action_repeat_must_match_the_hyperparameter_files(tmp_path, tiny):
     suite_runner.check_suite_environment(suite_runner.load_suite(write_suite(tmp_path / "repeat.yml", content)))
 
 
-@pytest.mark.parametrize("name", ["smoke", "dmc", "dmc_200k", "metaworld", "mt10"])
+@pytest.mark.parametrize("name", sorted(f[: -len(".yml")] for f in os.listdir(suite_runner.SUITES_DIR) if f.endswith(".yml")))
 def test_shipped_suites_are_valid(name):
     # a typo in a shipped suite would otherwise surface hours into a benchmark, when its run starts
     suite = suite_runner.load_suite(name)
