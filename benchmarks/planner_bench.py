@@ -14,7 +14,6 @@ Usage::
 """
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -26,19 +25,16 @@ import torch as th
 from provenance import code_version  # same folder: the commit that produced the table
 from torch import nn
 
-from sb3_m3po import M3PO
 from sb3_m3po.common.layers import EnsembleLinear
-from sb3_m3po.m3po.planner import PlannerConfig
+from sb3_m3po.m3po.config import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
 
 
 def shipped_planner() -> PlannerConfig:
-    """The MPPI settings of M3PO's defaults, read from its signature so the benchmark follows them."""
-    defaults = {k: p.default for k, p in inspect.signature(M3PO.__init__).parameters.items()}
-    names = ["horizon", "num_samples", "num_elites", "num_prior_trajectories", "temperature", "min_std", "max_std"]
-    return PlannerConfig(iterations=defaults["mppi_iterations"], **{n: defaults[n] for n in names})
+    """The MPPI settings of M3PO's defaults."""
+    return PlannerConfig()
 
 
 # "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)

@@ -12,6 +12,7 @@ Usage::
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -54,7 +55,7 @@ def main() -> None:
 
     env = make_vec_env(lambda: make_env("dm_control/cartpole-swingup-v0", action_repeat=2), n_envs=args.n_envs, seed=0)
     policy_kwargs = {"torch_compile": True} if args.compile else None
-    model = M3PO("MlpPolicy", env, seed=0, wm_gradient_steps=8, policy_kwargs=policy_kwargs)
+    model = M3PO("MlpPolicy", env, seed=0, world_model_kwargs={"gradient_steps": 8}, policy_kwargs=policy_kwargs)
     model.learn(2048)  # past learning_starts, so the world model has trained a little
     policy = model.policy
     obs = th.as_tensor(model._flat(model._last_obs))
@@ -64,10 +65,10 @@ def main() -> None:
         with th.inference_mode():
             policy.act(obs, plan)
 
-    model.wm_gradient_steps = 1
+    model.world_model_config = dataclasses.replace(model.world_model_config, gradient_steps=1)
 
     sections = []
-    paths = [("acting (one MPPI plan)", act), ("world-model gradient step (incl. Q-guided prior)", model._train_world_model)]
+    paths = [("acting (one MPPI plan)", act), ("world-model gradient step (incl. Q-guided prior)", model._update_world_model)]
     for name, fn in paths:
         for _ in range(5):
             fn()

@@ -28,14 +28,15 @@ def hyperparams_dir() -> str:
 
 def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Optuna search space of M3PO: planner size, horizon and action choice, bonus, world-model lr, PPO clip/epochs/n_steps.
+    Optuna search space of M3PO: planner size and horizon, bonus, world-model lr and update ratio,
+    Q guidance, PPO's lr, clip, epochs and n_steps.
 
     :return: constructor kwargs (see :func:`convert_m3po_params`)
     """
     trial.suggest_int("horizon", 1, 5)
     trial.suggest_int("num_samples_pow", 5, 9)
     trial.suggest_categorical("elite_fraction", [0.0625, 0.125, 0.25])
-    trial.suggest_int("mppi_iterations", 1, 6)
+    trial.suggest_int("iterations", 1, 6)
     trial.suggest_float("temperature", 0.1, 2.0, log=True)
     trial.suggest_float("bonus_coef", 0.0, 0.5)
     trial.suggest_float("bonus_anneal_fraction", 0.1, 1.0)
@@ -46,24 +47,53 @@ def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3])
     trial.suggest_categorical("n_epochs", [5, 10, 20])
     trial.suggest_int("n_steps_pow", 5, 9)
-    trial.suggest_categorical("action_choice", ["mean", "elite"])  # last: earlier draws of a seed stay the same
     return convert_m3po_params(trial.params)
 
 
 def convert_m3po_params(sampled: dict[str, Any]) -> dict[str, Any]:
-    """Turn sampled values (powers, fractions) into M3PO constructor arguments."""
-    params = dict(sampled)
-    num_samples = 2 ** params.pop("num_samples_pow")
-    params["num_samples"] = num_samples
-    params["num_elites"] = max(2, int(num_samples * params.pop("elite_fraction")))
-    params["num_prior_trajectories"] = max(1, num_samples // 16)
-    params["n_steps"] = 2 ** params.pop("n_steps_pow")
-    params["batch_size"] = min(64, params["n_steps"])
-    return params
+    """Turn sampled values (powers, fractions, flat names) into M3PO constructor arguments."""
+    num_samples = 2 ** sampled["num_samples_pow"]
+    n_steps = 2 ** sampled["n_steps_pow"]
+    return {
+        "learning_rate": sampled["learning_rate"],
+        "clip_range": sampled["clip_range"],
+        "n_epochs": sampled["n_epochs"],
+        "n_steps": n_steps,
+        "batch_size": min(64, n_steps),
+        "planner_kwargs": {
+            "horizon": sampled["horizon"],
+            "num_samples": num_samples,
+            "num_elites": max(2, int(num_samples * sampled["elite_fraction"])),
+            "num_prior_trajectories": max(1, num_samples // 16),
+            "iterations": sampled["iterations"],
+            "temperature": sampled["temperature"],
+        },
+        "world_model_kwargs": {
+            "learning_rate": sampled["wm_learning_rate"],
+            "update_ratio": sampled["wm_update_ratio"],
+            "prior_q_coef": sampled["prior_q_coef"],
+        },
+        "bonus_kwargs": {"coef": sampled["bonus_coef"], "anneal_fraction": sampled["bonus_anneal_fraction"]},
+    }
+
+
+def headless_rendering() -> None:
+    """
+    Without a display and without ``MUJOCO_GL``, pick MuJoCo's EGL backend (or none when EGL is missing).
+
+    dm_control otherwise tries GLFW first, which prints ``GLFWError: X11: The DISPLAY environment
+    variable is missing`` at every start on a headless machine, the normal case for training.
+    """
+    if "MUJOCO_GL" in os.environ or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    import ctypes.util
+
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "off"
 
 
 def register() -> None:
     """Register ``m3po`` with rl-zoo3 (algorithm, sampler, converter) and our env ids with gymnasium."""
+    headless_rendering()
     from rl_zoo3 import hyperparams_opt, utils
 
     utils.ALGOS["m3po"] = M3PO

@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -10,18 +11,13 @@ TINY = dict(
     n_steps=32,
     batch_size=16,
     n_epochs=2,
-    num_samples=16,
-    num_elites=4,
-    num_prior_trajectories=2,
-    mppi_iterations=2,
-    wm_batch_size=8,
-    wm_gradient_steps=4,
-    learning_starts=32,
-    policy_kwargs=dict(latent_dim=16, enc_dim=32, mlp_dim=32, prior_dim=32, num_bins=21),
+    planner_kwargs=dict(num_samples=16, num_elites=4, num_prior_trajectories=2, iterations=2),
+    world_model_kwargs=dict(batch_size=8, gradient_steps=4, learning_starts=32),
+    policy_kwargs=dict(architecture=dict(latent_dim=16, enc_dim=32, mlp_dim=32, prior_dim=32, num_bins=21)),
 )
 
 
 @pytest.fixture
 def tiny() -> dict:
     """Hyperparameters small enough for a few hundred steps in seconds."""
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    return copy.deepcopy(TINY)

@@ -65,24 +65,33 @@ def test_rollout_buffer_stores_behaviour_log_prob_and_yields_all_samples():
     n_steps, n_envs = 8, 2
     buf = M3PORolloutBuffer(n_steps, spaces.Box(-np.inf, np.inf, (3,)), spaces.Box(-1, 1, (2,)), n_envs=n_envs)
     for t in range(n_steps):
-        buf.add_transition(
-            np.full((n_envs, 3), t, dtype=np.float32),
-            np.zeros((n_envs, 2)),
-            np.ones(n_envs),
-            np.zeros(n_envs),
-            th.zeros(n_envs),
-            th.zeros(n_envs),
-            th.full((n_envs,), -1.0),
-            th.full((n_envs, 2), 0.5),
-            np.full((n_envs, 3), t + 1.0),
-            np.zeros(n_envs),
-            np.zeros(n_envs),
+        buf.add(
+            obs=np.full((n_envs, 3), t, dtype=np.float32),
+            action=np.zeros((n_envs, 2)),
+            reward=np.ones(n_envs),
+            episode_start=np.zeros(n_envs),
+            value=th.zeros(n_envs),
+            log_prob=th.zeros(n_envs),
+            behaviour_log_prob=th.full((n_envs,), -1.0),
+            next_obs=np.full((n_envs, 3), t + 1.0),
+            terminated=np.zeros(n_envs),
+            done=np.zeros(n_envs),
         )
-    buf.next_values = np.zeros((n_steps, n_envs), dtype=np.float32)
-    buf.compute_returns_and_advantage(th.zeros(n_envs), np.zeros(n_envs))
+    assert np.array_equal(buf.next_observations[:, 0, 0], np.arange(1, n_steps + 1))
+    assert (buf.behaviour_log_probs == -1.0).all()
+    buf.compute_returns_and_advantage(np.zeros((n_steps, n_envs), dtype=np.float32))
     # log pi - log mu = +1 -> weights truncated at rho_bar = 1: the last step's return is its reward
     assert np.allclose(buf.returns[-1], 1.0)
+    # with V = 0 and weights 1 the returns are plain discounted sums of rewards of 1 (lambda 1)
+    expected = np.array([sum(buf.gamma**k for k in range(n_steps - t)) for t in range(n_steps)])
+    buf_lambda1 = M3PORolloutBuffer(
+        n_steps, spaces.Box(-np.inf, np.inf, (3,)), spaces.Box(-1, 1, (2,)), n_envs=n_envs, gae_lambda=1.0
+    )
+    buf_lambda1.__dict__.update({k: v for k, v in buf.__dict__.items() if isinstance(v, np.ndarray)})
+    buf_lambda1.compute_returns_and_advantage(np.zeros((n_steps, n_envs), dtype=np.float32))
+    assert np.allclose(buf_lambda1.returns[:, 0], expected, atol=1e-5)
     samples = list(buf.get(batch_size=5))
     assert sum(len(s.observations) for s in samples) == n_steps * n_envs
-    assert all((s.behaviour_log_prob == -1.0).all() for s in samples)
-    assert all(s.old_prior_mean.shape == (len(s.observations), 2) and (s.old_prior_mean == 0.5).all() for s in samples)
+    assert sorted(np.concatenate([s.observations[:, 0].numpy() for s in samples]).tolist()) == sorted(
+        np.repeat(np.arange(n_steps), n_envs).tolist()
+    ), "every stored transition once"

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from sb3_m3po import M3PO
 from sb3_m3po.common.envs import make_env
 from sb3_m3po.common.signals import StopOnInterrupt, deferred_keyboard_interrupt
+from sb3_m3po.m3po.world_model_update import q_guided_prior_step
 
 
 def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
@@ -48,7 +49,7 @@ def test_learn_pendulum_logs_the_promised_keys(tiny, tmp_path):
 def test_wm_update_ratio_sets_world_model_steps_per_transition(tiny, tmp_path):
     from stable_baselines3.common.logger import configure
 
-    tiny.update(wm_gradient_steps=-1, wm_update_ratio=0.25, learning_starts=0)
+    tiny["world_model_kwargs"].update(gradient_steps=-1, update_ratio=0.25, learning_starts=0)
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = M3PO("MlpPolicy", env, seed=0, **tiny)
     model.set_logger(configure(str(tmp_path), ["csv"]))
@@ -60,8 +61,15 @@ def test_wm_update_ratio_sets_world_model_steps_per_transition(tiny, tmp_path):
     assert {float(v) for v in logged if v} == {16.0}, logged
 
 
-def test_learn_with_env_id_string_and_progress_bar(tiny):
-    M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, progress_bar=True)
+def test_learn_with_env_id_string_and_progress_bar(tiny, monkeypatch):
+    from stable_baselines3.common.callbacks import ProgressBarCallback
+
+    ticks = []
+    on_step = ProgressBarCallback._on_step
+    monkeypatch.setattr(ProgressBarCallback, "_on_step", lambda self: ticks.append(self.num_timesteps) or on_step(self))
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, progress_bar=True)
+    assert model.env.envs[0].spec.id == "Pendulum-v1"
+    assert ticks == list(range(1, 65)), "the progress bar saw every step"
 
 
 def test_dm_control_dict_observations_multi_input_policy(tiny):
@@ -77,8 +85,12 @@ def test_dm_control_dict_observations_multi_input_policy(tiny):
 
 
 def test_dm_control_flattened_with_action_repeat(tiny):
-    model = M3PO("MlpPolicy", make_env("dm_control/cartpole-swingup-v0", action_repeat=2), **tiny)
-    model.learn(96)
+    env = make_env("dm_control/cartpole-swingup-v0", action_repeat=2)
+    assert env.observation_space.shape == (5,) and env.observation_space.dtype == np.float32
+    env.reset(seed=0)
+    assert env.step(env.action_space.sample())[-1]["sim_steps"] == 2
+    model = M3PO("MlpPolicy", env, **tiny).learn(96)
+    assert model.replay_buffer.size() == 96 and model.policy.obs_dim == 5
 
 
 def test_metaworld_mt1_reach(tiny):
@@ -103,8 +115,9 @@ def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     for (name, p), (_, q) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
         assert th.equal(p, q), name
     assert "target_q_ensemble.head.weight" in "".join(model.policy.state_dict())
-    assert loaded.policy.wm_optimizer.state_dict()["state"], "world-model optimizer state was not restored"
-    assert loaded.num_samples == model.num_samples and loaded.horizon == model.horizon
+    assert loaded.wm_optimizer.state_dict()["state"], "world-model optimizer state was not restored"
+    for name in ("planner_config", "world_model_config", "bonus_config"):
+        assert getattr(loaded, name) == getattr(model, name), name
     loaded.learn(32, reset_num_timesteps=False)
     without_env = M3PO.load(tmp_path / "m3po")
     assert np.array_equal(without_env.predict(obs, deterministic=True)[0], a_loaded)
@@ -263,7 +276,7 @@ def test_vecnormalize_and_set_env(tiny):
     model.set_env(VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=1)))
     model.learn(64, reset_num_timesteps=False)
     params = model.get_parameters()
-    assert {"policy", "policy.optimizer", "policy.wm_optimizer"} <= set(params)
+    assert {"policy", "policy.optimizer", "wm_optimizer"} <= set(params)
 
 
 def test_callback_stops_training(tiny):
@@ -279,21 +292,24 @@ def test_callback_stops_training(tiny):
 def test_eval_callback_uses_warm_started_planner(tiny, tmp_path):
     eval_env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])
     cb = EvalCallback(eval_env, eval_freq=64, n_eval_episodes=1, log_path=str(tmp_path))
-    M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64, callback=cb)
-    assert (tmp_path / "evaluations.npz").exists()
+    model = M3PO("MlpPolicy", "Pendulum-v1", **tiny)
+    calls = []
+    predict = model.policy.predict
 
+    def recording_predict(obs, state=None, episode_start=None, deterministic=False):
+        action, new_state = predict(obs, state, episode_start, deterministic)
+        calls.append((state, np.array(episode_start), new_state))  # evaluate_policy reuses its array
+        return action, new_state
 
-def test_elite_action_choice_trains_and_survives_save_load(tiny, tmp_path):
-    model = M3PO("MlpPolicy", "Pendulum-v1", action_choice="elite", seed=0, **tiny)
-    model.learn(64)
-    behaviour = model.rollout_buffer.behaviour_log_probs
-    assert np.isfinite(behaviour).all()
-    assert not np.allclose(behaviour, model.rollout_buffer.log_probs), "planner actions are not the prior's"
-    model.save(tmp_path / "elite")
-    loaded = M3PO.load(tmp_path / "elite")
-    assert loaded.action_choice == "elite" and loaded.policy.planner.config.action_choice == "elite"
-    obs = model.env.reset()
-    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    model.policy.predict = recording_predict
+    model.learn(64, callback=cb)
+    assert len(calls) == 200, "one evaluation episode of Pendulum"
+    assert calls[0][0] is None, "the first step plans from scratch"
+    horizon, action_dim = model.planner_config.horizon, 1
+    for (_, _, returned), (state, episode_start, _) in zip(calls[:-1], calls[1:]):
+        # every later step gets the plan the previous one returned, as a recurrent state
+        assert state is not None and state[0].shape == (1, horizon * action_dim)
+        assert np.array_equal(state[0], returned[0]) and not episode_start.any()
 
 
 def test_planner_off_acts_with_the_prior(tiny):
@@ -308,17 +324,18 @@ def test_planner_off_acts_with_the_prior(tiny):
     assert np.allclose(action, model.policy.unscale_action(np.clip(mean.numpy(), -1, 1)), atol=1e-6)
 
 
-def test_trained_model_evaluates(tiny):
+def test_evaluate_policy_runs_whole_episodes_within_the_reward_bounds(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", **tiny).learn(64)
-    mean, _ = evaluate_policy(model, model.env, n_eval_episodes=1)
-    assert np.isfinite(mean)
+    returns, lengths = evaluate_policy(model, model.env, n_eval_episodes=2, return_episode_rewards=True)
+    # Pendulum-v1: 200 steps, reward in [-16.27, 0] per step
+    assert lengths == [200, 200] and all(-16.3 * 200 <= r <= 0 for r in returns), (returns, lengths)
 
 
 def test_q_guidance_moves_only_the_prior_mean_uphill(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
     model.learn(96)
     policy, wm = model.policy, model.policy.world_model
-    batch = model.replay_buffer.sample(32, model.horizon)
+    batch = model.replay_buffer.sample(32, model.planner_config.horizon)
     with th.no_grad():
         latents = wm.encode(batch.next_observations)
         # make Q depend on the action so there is a direction to climb
@@ -330,9 +347,9 @@ def test_q_guidance_moves_only_the_prior_mean_uphill(tiny):
         with th.no_grad():
             return wm.q_value(latents, policy.prior_mean(latents)).mean().item()  # num_q=2: both heads
 
-    start = q_of_prior()
+    start, q_scale = q_of_prior(), 1.0
     for _ in range(20):
-        model._q_guide_prior(latents, None)
+        q_scale = q_guided_prior_step(policy, latents, None, model.world_model_config, model.max_grad_norm, q_scale)
     assert q_of_prior() > start
     assert all(th.equal(a, b) for a, b in zip(q_before, wm.q_ensemble.parameters()))
     assert all(th.equal(a, b) for a, b in zip(value_before, policy.value_net.parameters()))
@@ -360,10 +377,7 @@ def test_torch_compile_matches_eager_and_survives_save_load(tiny, tmp_path):
         th.softmax(th.randn(horizon, batch, wm.latent_dim, generator=gen), -1),
         th.randn(horizon, batch, 1, generator=gen),
         None,
-        0.5,
-        20.0,
-        0.1,
-        0.1,
+        eager.world_model_config,
     )
     grads = []
     for policy, losses_fn in ((eager.policy, wm.losses), (compiled.policy, compiled.policy.world_model_losses)):
@@ -397,80 +411,8 @@ def test_prior_update_without_dual_clip_equals_sb3_ppo_train(tiny):
         train()
         return [p.detach().clone() for p in policy.parameters()]
 
-    ours = run(model._train_prior)
+    ours = run(model._ppo_epochs)
     sb3 = run(lambda: PPO.train(model))
     assert any(not th.equal(a, b) for a, b in zip(ours, before, strict=True)), "the update changed nothing"
     for a, b in zip(ours, sb3, strict=True):
         assert th.allclose(a, b, atol=1e-6)
-
-
-def test_analytic_kl_is_zero_before_the_update_and_stops_it(tiny, monkeypatch):
-    model = M3PO("MlpPolicy", "Pendulum-v1", kl_estimate="analytic", **tiny)
-    monkeypatch.setattr(model, "train", lambda: None)
-    model.learn(32)  # one rollout by the planner, no update
-    policy = model.policy
-    for data in model.rollout_buffer.get(None):
-        prior = policy.evaluate_prior(data.observations, data.actions)
-        # the stored reference is the prior the rollout's log-probabilities were taken under
-        assert th.allclose(prior.mean, data.old_prior_mean, atol=1e-6)
-        assert th.allclose(prior.log_prob, data.old_log_prob, atol=1e-4)
-    steps = []
-    step = policy.optimizer.step
-    monkeypatch.setattr(policy.optimizer, "step", lambda *a, **k: steps.append(1) or step(*a, **k))
-    model.target_kl = 1e-9  # any move of the prior exceeds it: one minibatch updates, the next stops
-    model._train_prior()
-    assert len(steps) == 1
-    # logged: the mean over both measured minibatches, 0 before the step and > 0 after it
-    assert 0.0 < model.logger.name_to_value["train/prior_kl"] < 1.0
-
-
-def with_value_transform(tiny: dict, transform: str) -> dict:
-    return {**tiny, "policy_kwargs": {**tiny["policy_kwargs"], "value_transform": transform}}
-
-
-def test_symlog_value_head_reaches_large_returns_where_a_raw_head_lags(tiny):
-    # Meta-World returns are ~700; the shipped raw head was still near 22 after a 100k-step run
-    policies = {t: M3PO("MlpPolicy", "Pendulum-v1", **with_value_transform(tiny, t)).policy for t in ("identity", "symlog")}
-    z = th.randn(64, policies["identity"].latent_dim, generator=th.Generator().manual_seed(0))
-    returns = th.full((64, 1), 700.0)
-    fitted = {}
-    for name, policy in policies.items():
-        optimizer = th.optim.Adam(policy.value_net.parameters(), lr=3e-4)
-        for _ in range(1000):
-            loss = th.nn.functional.mse_loss(policy.value_loss_space(policy.value(z)), policy.value_loss_space(returns))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        fitted[name] = float(policy.value(z).mean())
-    assert abs(fitted["symlog"] - 700.0) < 70.0, fitted
-    assert fitted["identity"] < 200.0, fitted
-
-
-def test_symlog_value_trains_and_survives_save_load(tiny, tmp_path):
-    model = M3PO("MlpPolicy", "Pendulum-v1", **with_value_transform(tiny, "symlog")).learn(128)
-    policy = model.policy
-    obs = th.as_tensor(model.observation_space.sample()[None])
-    with th.no_grad():
-        z = policy.encode(obs)
-        raw = policy.value_net(policy._head_input(z, None))
-        # the head's output is symlog(V); the value in return units is its symexp
-        assert th.allclose(policy.value_loss_space(policy.value(z)), raw, atol=1e-5)
-    assert np.isfinite(model.logger.name_to_value["train/value_loss"])
-    model.save(tmp_path / "m.zip")
-    loaded = M3PO.load(tmp_path / "m.zip")
-    assert loaded.policy.value_transform == "symlog"
-    with th.no_grad():
-        assert th.allclose(loaded.policy.value(loaded.policy.encode(obs)), policy.value(z))
-
-
-def test_behaviour_value_target_trains(tiny):
-    model = M3PO("MlpPolicy", "Pendulum-v1", value_target="behaviour", **tiny).learn(128)
-    assert model.rollout_buffer.value_target == "behaviour"
-    assert np.isfinite(model.logger.name_to_value["train/value_loss"])
-    with pytest.raises(ValueError, match="value_target"):
-        M3PO("MlpPolicy", "Pendulum-v1", value_target="prior", **tiny)
-
-
-def test_unknown_value_transform_is_refused(tiny):
-    with pytest.raises(ValueError, match="value_transform"):
-        M3PO("MlpPolicy", "Pendulum-v1", **with_value_transform(tiny, "log"))

@@ -18,15 +18,17 @@ from sb3_m3po.common.multitask import (
     configure_task_schedule,
     get_task_set_spec,
     make_multitask_vec_env,
-    task_ids_from_obs,
 )
+from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.common.task_sets import DMC19_TASKS, resolve_tasks
-from sb3_m3po.m3po.planner import PlannerConfig
+from sb3_m3po.m3po.config import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
+from sb3_m3po.m3po.world_model_update import world_model_targets
 
 # two tasks with different observation and action sizes and short episodes:
 # Pendulum-v1 (obs 3, action 1 in [-2, 2], 200 steps) and Reacher-v5 (obs 10, action 2, 50 steps)
 TOY = ["Pendulum-v1", "Reacher-v5"]
+CODEC3 = TaskIdCodec(3)
 
 
 class ActionRecorder(gym.Wrapper):
@@ -74,14 +76,14 @@ def test_padding_and_one_hot_convention():
         assert info["task"] == task and info["task_name"] == spec.names[task]
         assert np.all(obs[own:10] == 0), "observations are zero-padded to the largest task"
         assert np.array_equal(obs[-2:], np.eye(2)[task]), "the last num_tasks entries are the one-hot task id"
-        assert task_ids_from_obs(obs[None], 2)[0] == task
+        assert TaskIdCodec(2).decode(obs[None])[0] == task
         obs, _, _, _, info = env.step(env.action_space.sample())
         assert info["task"] == task and np.array_equal(obs[-2:], np.eye(2)[task])
     policy = M3POPolicy(env.observation_space, env.action_space, lambda _: 3e-4, num_tasks=2, task_action_dims=[1, 2])
     one_hots = th.as_tensor(np.stack([np.r_[np.zeros(10), 1, 0], np.r_[np.zeros(10), 0, 1]]), dtype=th.float32)
     assert policy.task_ids(one_hots).tolist() == [0, 1]
     # the encoder sees the padded observation and the task embedding, not the one-hot
-    assert policy.world_model.encoder[0].in_features == 10 + policy.task_dim
+    assert policy.world_model.encoder[0].in_features == 10 + policy.model_config.task_dim
 
 
 def test_task_schedules_cycle_and_spread():
@@ -109,13 +111,11 @@ def test_actions_are_truncated_and_rescaled_for_the_task_env():
     assert np.allclose(np.concatenate(recorder.actions), [1.0, -2.0]), "rescaled from [-1, 1] to Pendulum's [-2, 2], clipped"
 
 
-def _policy(use_planner: bool = True, action_choice: str = "mean") -> tuple[M3POPolicy, th.Tensor]:
+def _policy(use_planner: bool = True) -> tuple[M3POPolicy, th.Tensor]:
     th.manual_seed(0)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (10 + 2,), np.float32)
     action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    planner = PlannerConfig(
-        horizon=2, num_samples=16, num_elites=4, num_prior_trajectories=4, iterations=2, action_choice=action_choice
-    )
+    planner = PlannerConfig(horizon=2, num_samples=16, num_elites=4, num_prior_trajectories=4, iterations=2)
     policy = M3POPolicy(
         obs_space,
         action_space,
@@ -124,20 +124,16 @@ def _policy(use_planner: bool = True, action_choice: str = "mean") -> tuple[M3PO
         task_action_dims=[1, 2],
         planner=planner,
         use_planner=use_planner,
-        latent_dim=16,
-        enc_dim=32,
-        mlp_dim=32,
-        prior_dim=32,
-        num_bins=21,
+        architecture=dict(latent_dim=16, enc_dim=32, mlp_dim=32, prior_dim=32, num_bins=21),
     )
     obs = th.randn(6, 12)
     obs[:, -2:] = th.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)  # 3 envs of task 0, 3 of task 1
     return policy, obs
 
 
-@pytest.mark.parametrize("use_planner, action_choice", [(True, "mean"), (True, "elite"), (False, "mean")])
-def test_masked_action_dims_never_change_a_log_probability(use_planner, action_choice):
-    policy, obs = _policy(use_planner, action_choice)
+@pytest.mark.parametrize("use_planner", [True, False])
+def test_masked_action_dims_never_change_a_log_probability(use_planner):
+    policy, obs = _policy(use_planner)
     with th.no_grad():
         out = policy.act(obs, policy.initial_plan(6))
         assert th.all(out.action[:3, 1] == 0), "task 0 has one action dim: the second is 0 in execution"
@@ -150,15 +146,11 @@ def test_masked_action_dims_never_change_a_log_probability(use_planner, action_c
         changed[:3, 1] = th.tensor([0.7, -0.3, 5.0])
         _, log_prob_changed, _ = policy.evaluate_actions(obs, changed)
         assert th.equal(log_prob_changed[:3], log_prob[:3])
-        if use_planner and action_choice == "mean":
+        if use_planner:
             # the behaviour density of MPPI's refitted Gaussian (std 0 on the masked dim) ignores that dim too
             mask = policy.action_mask(policy.task_ids(obs))
             recomputed = masked_gaussian_log_prob(changed, out.plan[:, 0], out.behaviour_std, mask)
             assert th.allclose(recomputed, out.behaviour_log_prob, atol=1e-5)
-        elif use_planner:
-            # one elite's first action: 0 on the masked dim like every elite, with no noise there (std 0);
-            # the mixture density skips masked dims (tests/test_planner.py)
-            assert (out.behaviour_std[:3, 1] == 0).all()
         else:
             assert th.equal(out.behaviour_log_prob, out.log_prob)
         # task 0's log-prob and entropy are those of a 1-dim Gaussian
@@ -187,16 +179,16 @@ def test_balanced_replay_returns_equal_counts_per_task():
         obs = np.zeros((4, 5), np.float32)
         obs[np.arange(4), 2 + tasks] = 1.0  # one-hot in the last 3 entries
         done = np.array([False, False, False, t % 10 == 9])
-        buffer.add(obs, obs, np.zeros((4, 1)), np.zeros(4), np.zeros(4), done, tasks)
+        buffer.add(obs, obs, np.zeros((4, 1)), np.zeros(4), np.zeros(4), done)
     for batch_size in (30, 31, 256):
         batch = buffer.sample(batch_size, horizon=3)
-        counts = np.bincount(task_ids_from_obs(batch.observations.numpy(), 3), minlength=3)
+        counts = np.bincount(CODEC3.decode(batch.observations.numpy()), minlength=3)
         assert counts.sum() == batch_size and counts.max() - counts.min() <= (batch_size % 3 > 0)
         # a subsequence never crosses a task switch
         first, later = batch.observations.numpy(), batch.next_observations.numpy()
-        assert np.all(task_ids_from_obs(later, 3) == task_ids_from_obs(first, 3))
+        assert np.all(CODEC3.decode(later) == CODEC3.decode(first))
     buffer.balanced = False
-    counts = np.bincount(task_ids_from_obs(buffer.sample(3000, 3).observations.numpy(), 3), minlength=3)
+    counts = np.bincount(CODEC3.decode(buffer.sample(3000, 3).observations.numpy()), minlength=3)
     assert counts[0] > 4 * counts[1], "uniform sampling follows the data (task 0 holds 3/4 of it)"
 
 
@@ -276,16 +268,16 @@ def test_task_embeddings_receive_gradients(tiny):
     model = M3PO("MlpPolicy", make_multitask_vec_env(TOY, seed=0, action_repeat=2), seed=0, **tiny)
     model.learn(64)
     policy, wm = model.policy, model.policy.world_model
-    batch = model.replay_buffer.sample(8, model.horizon)
+    batch = model.replay_buffer.sample(8, model.planner_config.horizon)
     task = policy.task_ids(batch.observations)
     assert sorted(set(task.tolist())) == [0, 1]
-    target_z, td_targets = model._world_model_targets(batch, task)
-    losses = wm.losses(batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, 0.5, 20.0, 0.1, 0.1)
+    target_z, td_targets = world_model_targets(policy, batch, task, model.gamma)
+    losses = wm.losses(batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, model.world_model_config)
     wm.zero_grad(set_to_none=True)
     losses.total.backward()
     grad = wm.task_embedding.weight.grad
     assert grad is not None and th.all(grad.abs().sum(1) > 0), "every task's embedding row gets a gradient"
-    assert any(p is wm.task_embedding.weight for g in policy.wm_optimizer.param_groups for p in g["params"])
+    assert any(p is wm.task_embedding.weight for g in model.wm_optimizer.param_groups for p in g["params"])
 
 
 def test_save_load_round_trip_of_a_multitask_model(tiny, tmp_path):
@@ -311,9 +303,9 @@ def test_vecnormalize_keeps_task_ids(tiny):
     assert model.policy.num_tasks == 2, "the task set is found through VecNormalize"
     model.learn(96)
     np.random.seed(0)
-    batch = model.replay_buffer.sample(16, model.horizon, venv)
+    batch = model.replay_buffer.sample(16, model.planner_config.horizon, venv)
     np.random.seed(0)
-    raw = model.replay_buffer.sample(16, model.horizon)
+    raw = model.replay_buffer.sample(16, model.planner_config.horizon)
     task = model.policy.task_ids(raw.observations)
     assert not np.allclose(batch.observations[:, -2:].numpy(), np.eye(2)[task]), "VecNormalize changed the one-hot"
     assert th.equal(model.policy.task_ids(batch.observations), task)
@@ -352,7 +344,7 @@ def test_mt10_builds_and_m3po_trains_a_few_hundred_steps(tiny, tmp_path, capsys)
     assert "train/" in console and "button-press-topdown" not in console, "per-task keys stay out of the console"
     assert model.num_timesteps == 320 and model.replay_buffer.task_counts.sum(0).tolist() == [32] * 10
     assert "train/reach-v3/bonus_mean" in header_of(tmp_path)
-    batch = model.replay_buffer.sample(20, model.horizon)
+    batch = model.replay_buffer.sample(20, model.planner_config.horizon)
     assert np.bincount(model.policy.task_ids(batch.observations).numpy(), minlength=10).tolist() == [2] * 10
 
 

@@ -14,12 +14,12 @@ import pytest
 from sb3_m3po.common.postgres import LocalPostgres, find_postgres_bin
 
 # Seed 11 makes rl-zoo3's RandomSampler draw small planners and rollouts first (see the zoo sampler),
-# so a trial takes seconds; learning_starts keeps the world model idle on these tiny budgets.
+# so a trial takes seconds; the world model stays idle on these budgets (below its learning_starts).
 TUNE_ARGS = [
     "--algo", "m3po", "--env", "Pendulum-v1", "-optimize", "--sampler", "random", "--pruner", "none",
     "--seed", "11", "-n", "128", "--n-evaluations", "1", "--eval-episodes", "1", "--no-optim-plots",
-    "-params", "n_envs:1", "learning_starts:100000",
-    "policy_kwargs:dict(latent_dim=16,enc_dim=32,mlp_dim=32,prior_dim=32,num_bins=21)",
+    "-params", "n_envs:1",
+    "policy_kwargs:dict(architecture=dict(latent_dim=16,enc_dim=32,mlp_dim=32,prior_dim=32,num_bins=21))",
 ]  # fmt: skip
 
 
@@ -135,7 +135,12 @@ def test_bad_input_ends_with_one_line_naming_it(tmp_path, args, message):
 
 def test_ctrl_c_saves_the_model_and_its_curve(tmp_path):
     log = tmp_path / "logs"
-    small = ["n_envs:1", "n_steps:64", "num_samples:16", "num_elites:4", "num_prior_trajectories:2", "learning_starts:100000"]
+    small = [
+        "n_envs:1",
+        "n_steps:64",
+        "planner_kwargs:dict(num_samples=16, num_elites=4, num_prior_trajectories=2)",
+        "world_model_kwargs:dict(learning_starts=100000)",
+    ]
     train_args = ["--algo", "m3po", "--env", "Pendulum-v1", "-n", "100000", "--eval-freq", "200", "--eval-episodes", "1"]
     worker = start_train(tmp_path, *train_args, "-f", str(log), "-params", *small)
     run_dir = log / "m3po" / "Pendulum-v1_1"

@@ -2,15 +2,21 @@ import torch as th
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.layers import EnsembleMLP
+from sb3_m3po.m3po.config import WorldModelConfig, WorldModelTrainingConfig
 from sb3_m3po.m3po.world_model import WorldModel
+from sb3_m3po.m3po.world_model_update import world_model_targets
 
 
 def test_shapes_and_task_embedding_gets_gradients():
-    wm = WorldModel(
-        obs_dim=5, action_dim=2, latent_dim=16, enc_dim=32, mlp_dim=32, num_q=3, num_bins=21, num_tasks=3, task_dim=4
-    )
-    obs, task = th.randn(7, 5), th.tensor([0, 1, 2, 0, 1, 2, 0])
+    config = WorldModelConfig(latent_dim=16, enc_dim=32, mlp_dim=32, num_q=3, num_bins=21, task_dim=4)
+    wm = WorldModel(obs_dim=5, action_dim=2, config=config, num_tasks=3)
+    task = th.tensor([0, 1, 2, 0, 1, 2, 0])
+    # multi-task observations end with the one-hot id, which the encoder does not see
+    obs = th.cat([th.randn(7, 5), th.nn.functional.one_hot(task, 3).float()], -1)
     z = wm.encode(obs, task)
+    changed = obs.clone()
+    changed[:, 5:] = 0.0
+    assert th.equal(wm.encode(changed, task), z), "the id reaches the networks through the embedding only"
     a = th.rand(7, 2) * 2 - 1
     assert z.shape == (7, 16)
     assert wm.next(z, a, task).shape == (7, 16)
@@ -34,10 +40,11 @@ def test_targets_carry_no_gradient_and_consistency_trains_the_online_side(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
     model.learn(64)
     wm = model.policy.world_model
-    batch = model.replay_buffer.sample(16, model.horizon)
-    target_z, td_targets = model._world_model_targets(batch, None)
+    batch = model.replay_buffer.sample(16, model.planner_config.horizon)
+    target_z, td_targets = world_model_targets(model.policy, batch, None, model.gamma)
     assert not target_z.requires_grad and not td_targets.requires_grad
-    losses = wm.losses(batch.observations, batch.actions, batch.rewards, target_z, td_targets, None, 0.5, 1.0, 0.0, 0.0)
+    consistency_only = WorldModelTrainingConfig(consistency_coef=1.0, reward_coef=0.0, value_coef=0.0)
+    losses = wm.losses(batch.observations, batch.actions, batch.rewards, target_z, td_targets, None, consistency_only)
     wm.zero_grad(set_to_none=True)
     losses.total.backward()
     assert wm.dynamics[0].weight.grad.abs().sum() > 0, "dynamics must learn from the consistency loss"
@@ -45,7 +52,7 @@ def test_targets_carry_no_gradient_and_consistency_trains_the_online_side(tiny):
 
 
 def test_polyak_target_update():
-    wm = WorldModel(3, 1, latent_dim=8, enc_dim=8, mlp_dim=8, num_bins=11)
+    wm = WorldModel(3, 1, WorldModelConfig(latent_dim=8, enc_dim=8, mlp_dim=8, num_bins=11))
     with th.no_grad():
         for p in wm.q_ensemble.parameters():
             p.add_(1.0)

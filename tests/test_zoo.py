@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 
 from sb3_m3po.train import with_shipped_config
-from sb3_m3po.zoo import convert_m3po_params, hyperparams_dir, shipped_config
+from sb3_m3po.zoo import hyperparams_dir, shipped_config
 
 TINY_PARAMS = [
     "-params",
@@ -17,13 +17,8 @@ TINY_PARAMS = [
     "n_steps:16",
     "batch_size:16",
     "n_epochs:2",
-    "num_samples:16",
-    "num_elites:4",
-    "num_prior_trajectories:2",
-    "mppi_iterations:2",
-    "wm_batch_size:8",
-    "wm_gradient_steps:4",
-    "learning_starts:32",
+    "planner_kwargs:dict(num_samples=16, num_elites=4, num_prior_trajectories=2, iterations=2)",
+    "world_model_kwargs:dict(batch_size=8, gradient_steps=4, learning_starts=32)",
 ]
 
 
@@ -44,16 +39,21 @@ def test_shipped_hyperparameters_cover_the_benchmark_ids():
     assert with_shipped_config(["--algo", "m3po", "-conf", "mine.yml"]) == ["--algo", "m3po", "-conf", "mine.yml"]
 
 
-def test_converter_gives_valid_constructor_arguments():
-    params = convert_m3po_params({"num_samples_pow": 6, "elite_fraction": 0.125, "n_steps_pow": 7, "horizon": 2})
-    assert params == {
-        "horizon": 2,
-        "num_samples": 64,
-        "num_elites": 8,
-        "num_prior_trajectories": 4,
-        "n_steps": 128,
-        "batch_size": 64,
-    }
+def test_converter_gives_valid_constructor_arguments(tiny):
+    import optuna
+
+    from sb3_m3po import M3PO
+    from sb3_m3po.zoo import sample_m3po_params
+
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    params = sample_m3po_params(trial, n_actions=1, n_envs=1, additional_args={})
+    planner = params["planner_kwargs"]
+    assert planner["num_samples"] == 2 ** trial.params["num_samples_pow"]
+    assert 2 <= planner["num_elites"] <= planner["num_samples"] and params["n_steps"] == 2 ** trial.params["n_steps_pow"]
+    assert params["bonus_kwargs"]["coef"] == trial.params["bonus_coef"]
+    # the sampled arguments build a model (the configs check their own ranges)
+    model = M3PO("MlpPolicy", "Pendulum-v1", policy_kwargs=tiny["policy_kwargs"], **params)
+    assert model.planner_config.num_samples == planner["num_samples"]
 
 
 def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):

@@ -1,19 +1,23 @@
 """Rollout buffer with behaviour log-probabilities and bonus terms, and an episodic replay buffer."""
 
+import io
+import pathlib
+import pickle
 from collections.abc import Generator
 from typing import NamedTuple
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_m3po.common.math import importance_corrected_gae
+from sb3_m3po.common.task_ids import TaskIdCodec
 
 
 class M3PORolloutBufferSamples(NamedTuple):
-    """A PPO minibatch (field names as SB3's ``RolloutBufferSamples``) plus the importance weight."""
+    """A PPO minibatch (field names as SB3's ``RolloutBufferSamples``)."""
 
     observations: th.Tensor
     actions: th.Tensor
@@ -21,8 +25,6 @@ class M3PORolloutBufferSamples(NamedTuple):
     old_log_prob: th.Tensor
     advantages: th.Tensor
     returns: th.Tensor
-    behaviour_log_prob: th.Tensor
-    old_prior_mean: th.Tensor  # (B, A) prior mean at collection time (the closed-form KL's reference)
 
 
 class ReplaySamples(NamedTuple):
@@ -39,53 +41,27 @@ class M3PORolloutBuffer(RolloutBuffer):
     """
     Rollout buffer for M3PO.
 
-    Besides SB3's fields it stores the real next observation (terminal one on episode
-    end), terminated vs truncated, the behaviour log-probability of the executed action
-    under the distribution it was drawn from (MPPI's Gaussian, or the prior when the
-    planner is off), the prior's mean at collection time, ``Q_MB``, ``Q_MF``, the raw and normalised bonus, and the
-    importance-corrected, bonus-augmented advantage.
-
-    Observations are stored flat, ``(n_steps, n_envs, obs_dim)``.
-
-    :param rho_bar: truncation of the policy-gradient importance weight
-    :param c_bar: truncation of the trace-cutting weight
-    :param value_target: ``"vtrace"`` or ``"behaviour"`` (see :func:`sb3_m3po.common.math.importance_corrected_gae`)
+    Besides SB3's fields it stores, per transition, the real next observation (the terminal one
+    at episode end), terminated vs done, and the behaviour log-probability of the executed action
+    under the distribution it was drawn from (MPPI's Gaussian, or the prior when the planner is
+    off). Its returns and advantages are the importance-corrected GAE of
+    :func:`~sb3_m3po.common.math.importance_corrected_gae`, bootstrapped from the values of the
+    stored next observations. Observations are stored flat, ``(n_steps, n_envs, obs_dim)``.
     """
-
-    def __init__(
-        self,
-        buffer_size: int,
-        observation_space: spaces.Box,
-        action_space: spaces.Box,
-        device: th.device | str = "auto",
-        gae_lambda: float = 1,
-        gamma: float = 0.99,
-        n_envs: int = 1,
-        rho_bar: float = 1.0,
-        c_bar: float = 1.0,
-        value_target: str = "vtrace",
-    ) -> None:
-        self.rho_bar, self.c_bar, self.value_target = rho_bar, c_bar, value_target
-        super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
         shape = (self.buffer_size, self.n_envs)
         self.next_observations = np.zeros((*shape, *self.obs_shape), dtype=np.float32)
         self.behaviour_log_probs = np.zeros(shape, dtype=np.float32)
-        self.prior_means = np.zeros((*shape, self.action_dim), dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=np.float32)
         self.dones = np.zeros(shape, dtype=np.float32)
-        self.next_values = np.zeros(shape, dtype=np.float32)
-        self.q_mb = np.zeros(shape, dtype=np.float32)
-        self.q_mf = np.zeros(shape, dtype=np.float32)
-        self.bonus = np.zeros(shape, dtype=np.float32)
-        self.bonus_normalised = np.zeros(shape, dtype=np.float32)
         super().reset()
         # Actions live in the planner's float32 [-1, 1] units whatever the env's dtype
         self.actions = self.actions.astype(np.float32)
 
-    def add_transition(
+    def add(  # type: ignore[override]
         self,
+        *,
         obs: np.ndarray,
         action: np.ndarray,
         reward: np.ndarray,
@@ -93,59 +69,57 @@ class M3PORolloutBuffer(RolloutBuffer):
         value: th.Tensor,
         log_prob: th.Tensor,
         behaviour_log_prob: th.Tensor,
-        prior_mean: th.Tensor,
         next_obs: np.ndarray,
         terminated: np.ndarray,
         done: np.ndarray,
     ) -> None:
-        """Add one step of all envs (``pos`` advances through :meth:`add`)."""
+        """
+        Add one step of all envs.
+
+        :param log_prob: ``(n_envs,)`` prior log-probability of ``action``
+        :param behaviour_log_prob: ``(n_envs,)`` its log-probability under the distribution it was drawn from
+        :param next_obs: ``(n_envs, obs_dim)`` real next observations (terminal ones where ``done``)
+        :param terminated: ``(n_envs,)`` the episode ended in a terminal state (no bootstrap)
+        :param done: ``(n_envs,)`` terminated or truncated (the trace is cut)
+        """
         self.next_observations[self.pos] = next_obs
         self.behaviour_log_probs[self.pos] = behaviour_log_prob.cpu().numpy()
-        self.prior_means[self.pos] = prior_mean.cpu().numpy()
         self.terminated[self.pos] = terminated
         self.dones[self.pos] = done
-        self.add(obs, action, reward, episode_start, value, log_prob)
+        super().add(obs, action, reward, episode_start, value, log_prob)
 
-    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+    def compute_returns_and_advantage(self, next_values: np.ndarray) -> None:  # type: ignore[override]
         """
-        Importance-corrected GAE; needs ``next_values`` filled (see ``M3PO._compute_bonus``).
+        Importance-corrected GAE over the whole buffer.
 
-        The arguments exist for SB3 compatibility: the stored next values already
-        cover the last step.
+        :param next_values: ``(n_steps, n_envs)`` values of the stored next observations; they cover
+            every bootstrap, the last step's included, so SB3's ``last_values`` and ``dones`` are not needed
         """
         self.advantages, self.returns = importance_corrected_gae(
             self.rewards,
             self.values,
-            self.next_values,
+            next_values,
             self.terminated,
             self.dones,
             self.log_probs - self.behaviour_log_probs,
             self.gamma,
             self.gae_lambda,
-            self.rho_bar,
-            self.c_bar,
-            self.value_target,
         )
 
-    def add_bonus(self, bonus_coef: float) -> None:
-        """``A' = A + bonus_coef * std(A) * clip(zscore(eps), 0, c)`` (scale-free in the reward units)."""
+    def add_bonus(self, bonus_coef: float, bonus: np.ndarray) -> None:
+        """
+        ``A' = A + bonus_coef * std(A) * bonus`` (scale-free in the reward units).
+
+        :param bonus: ``(n_steps, n_envs)`` normalised, clipped gap ``clip(zscore(eps), 0, c)``
+        """
         if bonus_coef > 0:
-            self.advantages = self.advantages + bonus_coef * self.advantages.std() * self.bonus_normalised
+            self.advantages = self.advantages + bonus_coef * self.advantages.std() * bonus
 
     def get(self, batch_size: int | None = None) -> Generator[M3PORolloutBufferSamples, None, None]:  # type: ignore[override]
         assert self.full, "the rollout buffer must be full before sampling"
         indices = np.random.permutation(self.buffer_size * self.n_envs)
         if not self.generator_ready:
-            for name in [
-                "observations",
-                "actions",
-                "values",
-                "log_probs",
-                "advantages",
-                "returns",
-                "behaviour_log_probs",
-                "prior_means",
-            ]:
+            for name in ["observations", "actions", "values", "log_probs", "advantages", "returns"]:
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
             self.generator_ready = True
         if batch_size is None:
@@ -163,8 +137,6 @@ class M3PORolloutBuffer(RolloutBuffer):
             self.log_probs[batch_inds].flatten(),
             self.advantages[batch_inds].flatten(),
             self.returns[batch_inds].flatten(),
-            self.behaviour_log_probs[batch_inds].flatten(),
-            self.prior_means[batch_inds],
         )
         return M3PORolloutBufferSamples(*tuple(map(self.to_torch, data)))
 
@@ -179,7 +151,8 @@ class EpisodicReplayBuffer:
     position. Observations are stored as the env produced them before ``VecNormalize``
     and normalised with the current statistics when sampled.
 
-    With ``num_tasks > 1`` every transition also carries its task id, and ``balanced=True``
+    With ``num_tasks > 1`` every transition also carries its task id, read from the observation
+    (:class:`~sb3_m3po.common.task_ids.TaskIdCodec`), and ``balanced=True``
     samples the same number of subsequences from every task that has data (the batch is split
     as evenly as it divides), whatever the tasks' share of the buffer, so no task starves.
 
@@ -256,6 +229,30 @@ class EpisodicReplayBuffer:
         self._current_episode = self._next_episode_id + np.arange(self.n_envs, dtype=np.int64)
         self._next_episode_id += self.n_envs
 
+    @classmethod
+    def load(
+        cls, path: str | pathlib.Path | io.BufferedIOBase, obs_dim: int, action_dim: int, n_envs: int, num_tasks: int
+    ) -> "EpisodicReplayBuffer":
+        """
+        A buffer pickled with SB3's ``save_to_pkl``, checked against the model that will train on it.
+
+        :raises ValueError: if the file is unreadable, holds something else, or was made for other shapes
+        """
+        try:
+            buffer = load_from_pkl(path)
+        except (EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError) as error:
+            raise ValueError(f"Cannot load replay buffer {path!s}: it is corrupt or not a pickle ({error})") from error
+        if not isinstance(buffer, cls):
+            raise ValueError(
+                f"Replay buffer {path!s} holds a {type(buffer).__name__}, not an M3PO EpisodicReplayBuffer; "
+                "it was saved by another algorithm"
+            )
+        try:
+            buffer.check_compatible(obs_dim, action_dim, n_envs, num_tasks)
+        except ValueError as error:
+            raise ValueError(f"Cannot load replay buffer {path!s}: {error}") from error
+        return buffer
+
     def check_compatible(self, obs_dim: int, action_dim: int, n_envs: int, num_tasks: int) -> None:
         """
         :raises ValueError: naming the first shape that differs from the model's
@@ -282,16 +279,10 @@ class EpisodicReplayBuffer:
         reward: np.ndarray,
         terminated: np.ndarray,
         done: np.ndarray,
-        task: np.ndarray | None = None,
     ) -> None:
-        """
-        Add one step of all envs; ``done`` (terminated or truncated) closes the episode.
-
-        :param task: ``(n_envs,)`` task ids (required when ``num_tasks > 1``)
-        """
-        if self.num_tasks > 1:
-            if task is None:
-                raise ValueError("a multi-task replay buffer needs the task id of every transition (task=...)")
+        """Add one step of all envs; ``done`` (terminated or truncated) closes the episode."""
+        task = TaskIdCodec(self.num_tasks).decode(np.asarray(obs))
+        if task is not None:
             envs = np.arange(self.n_envs)
             if self.full:
                 self.task_counts[envs, self.tasks[self.pos]] -= 1

@@ -202,32 +202,6 @@ def masked_gaussian_log_prob(x: th.Tensor, mean: th.Tensor, std: th.Tensor, mask
     return (log_prob * mask).sum(-1)
 
 
-def gaussian_mixture_log_prob(
-    x: th.Tensor, means: th.Tensor, std: th.Tensor, weights: th.Tensor, mask: th.Tensor | None = None
-) -> th.Tensor:
-    """
-    Log-density of a mixture of diagonal Gaussians that share one std, over the valid dimensions.
-
-    The density an action has when a component is drawn by ``weights`` and then perturbed by
-    ``std`` noise (MPPI acting with one elite): ``log sum_k w_k N(x; means_k, std)``.
-
-    :param x: ``(B, A)`` points
-    :param means: ``(B, K, A)`` component means
-    :param std: ``(B, A)`` shared std
-    :param weights: ``(B, K)`` component probabilities (sum to one; zeros allowed)
-    :param mask: optional ``(B, A)`` of 0/1, 1 on valid dimensions
-    :return: ``(B,)``
-    """
-    expand = (-1, means.shape[1], -1)
-    component = masked_gaussian_log_prob(
-        x[:, None].expand(expand),
-        means,
-        std[:, None].expand(expand),
-        None if mask is None else mask[:, None].expand(expand),
-    )
-    return th.logsumexp(th.log(weights) + component, dim=1)
-
-
 def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """
     Entropy of a diagonal Gaussian over the valid dimensions of the last axis: ``sum_valid 0.5 log(2 pi e std^2)``.
@@ -243,34 +217,6 @@ def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th
     return (entropy * mask).sum(-1)
 
 
-def masked_gaussian_kl(
-    mean_p: th.Tensor, std_p: th.Tensor, mean_q: th.Tensor, std_q: th.Tensor, mask: th.Tensor | None = None
-) -> th.Tensor:
-    """
-    ``KL(N(mean_p, std_p) || N(mean_q, std_q))`` of diagonal Gaussians, summed over the valid dims of the last axis.
-
-    PPO's sample estimate of this KL averages over the stored actions, which is unbiased only when
-    they were drawn from the old distribution; M3PO's come from the planner (actions in the prior's
-    tails inflate the estimate, actions near its mean deflate it). The closed form needs no samples.
-
-    :param mean_p: ``(..., A)`` mean of the first (old) distribution
-    :param std_p: ``(..., A)`` its std
-    :param mean_q: ``(..., A)`` mean of the second (new) distribution
-    :param std_q: ``(..., A)`` its std
-    :param mask: optional ``(..., A)`` of 0/1, 1 on valid dimensions (masked stds may be 0)
-    :return: ``(...)``
-    """
-    if mask is not None:
-        valid = mask > 0
-        mean_p, mean_q = th.where(valid, mean_p, 0.0), th.where(valid, mean_q, 0.0)
-        std_p, std_q = th.where(valid, std_p, 1.0), th.where(valid, std_q, 1.0)
-    kl = th.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2.0 * std_q**2) - 0.5
-    return kl.sum(-1)
-
-
-VALUE_TARGETS = ("vtrace", "behaviour")
-
-
 def importance_corrected_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -280,9 +226,8 @@ def importance_corrected_gae(
     log_ratio: np.ndarray,
     gamma: float,
     gae_lambda: float,
-    rho_bar: float,
-    c_bar: float,
-    value_target: str = "vtrace",
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     GAE(lambda) with V-trace truncated importance weights, arrays of shape ``(n_steps, n_envs)``.
@@ -299,21 +244,11 @@ def importance_corrected_gae(
     episode end), so truncated episodes bootstrap and terminated ones do not.
     When ``log_ratio == 0`` (planner off) both equal plain GAE, i.e. PPO.
 
-    With ``value_target="behaviour"`` the value target is plain GAE(lambda) of the executed
-    (planner) actions, ``rho_t = c_t = 1`` in ``D``, so V estimates the value of the behaviour
-    (the planner, which acts in training and evaluation); ``A_t`` keeps ``rho_t``. With V-trace
-    targets ``D_t`` is ``rho_t * delta_t + ...``: planner actions far in the prior's tails give
-    ``rho_t`` of 0.01-0.04 on Meta-World, and V then moves by that fraction of its error per update.
-
-    :param value_target: ``"vtrace"`` (V estimates the prior's value) or ``"behaviour"``
     :return: ``(advantages, returns)`` where ``returns = D + values``
     """
-    assert value_target in VALUE_TARGETS, f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}"
     weight = np.exp(log_ratio)
     rho = np.minimum(rho_bar, weight)
     c = np.minimum(c_bar, weight)
-    # weights of the value target's residual
-    rho_v, c_v = (rho, c) if value_target == "vtrace" else (np.ones_like(rho), np.ones_like(c))
     delta = rewards + gamma * (1.0 - terminated) * next_values - values
     advantages = np.zeros_like(rewards)
     residual = np.zeros_like(rewards)
@@ -321,7 +256,7 @@ def importance_corrected_gae(
     for step in reversed(range(rewards.shape[0])):
         carry = gamma * gae_lambda * (1.0 - dones[step]) * next_residual
         advantages[step] = rho[step] * (delta[step] + carry)
-        residual[step] = rho_v[step] * delta[step] + c_v[step] * carry
+        residual[step] = rho[step] * delta[step] + c[step] * carry
         next_residual = residual[step]
     return advantages, residual + values
 

@@ -1,14 +1,12 @@
 """
 Multi-task environments: one env per task set with padded observations, a one-hot task id and masked actions.
 
-**Task-id convention.** A multi-task observation is a flat float32 vector of size
-``max_obs_dim + num_tasks``: the task's own (flattened) observation, zero-padded to the largest
-observation size of the set, followed by the one-hot id of the task (the **last** ``num_tasks``
-entries). Actions live in ``[-1, 1]^max_action_dim``; the env keeps the task's first
-``action_dims[task]`` entries, rescales them to the task's bounds and ignores the rest. Any
-SB3 algorithm can train on these observations as they are (PPO and SAC see the one-hot as
-input); M3PO reads the task id from the one-hot (``argmax`` of the last ``num_tasks`` entries,
-which ``VecNormalize`` does not change) and masks the invalid action dimensions.
+Observations follow the convention of :class:`~sb3_m3po.common.task_ids.TaskIdCodec`: the task's
+own flat observation zero-padded to the largest size of the set, then the one-hot task id. Actions
+live in ``[-1, 1]^max_action_dim``; the env keeps the task's first ``action_dims[task]`` entries,
+rescales them to the task's bounds and ignores the rest. Any SB3 algorithm can train on these
+observations as they are (PPO and SAC see the one-hot as input); M3PO reads the task id from them
+and masks the invalid action dimensions.
 """
 
 import functools
@@ -23,6 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from sb3_m3po.common.envs import make_env
+from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.common.task_sets import resolve_tasks, task_names
 
 # Every Meta-World v3 task has a 39-dim observation and a 4-dim action in [-1, 1] (SawyerXYZEnv);
@@ -89,11 +88,6 @@ def task_set_spec(tasks: str | Sequence[str]) -> TaskSetSpec:
     return TaskSetSpec(env_ids, task_names(env_ids), tuple(d[0] for d in dims), tuple(d[1] for d in dims))
 
 
-def task_ids_from_obs(obs: np.ndarray, num_tasks: int) -> np.ndarray:
-    """Task ids of a batch of multi-task observations ``(..., obs_size)``: argmax of the last ``num_tasks`` entries."""
-    return np.asarray(obs)[..., -num_tasks:].argmax(-1)
-
-
 class MultiTaskEnv(gym.Env):
     """
     One env of a task set, holding one task or cycling through the tasks across episodes.
@@ -156,9 +150,10 @@ class MultiTaskEnv(gym.Env):
         self._envs: dict[int, gym.Env] = {}
         self._bounds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.task_index = task_index if task_index is not None else (self._start or 0)
-        max_obs = self.task_set_spec.max_obs_dim
-        low = np.concatenate([np.full(max_obs, -np.inf), np.zeros(num_tasks)]).astype(np.float32)
-        high = np.concatenate([np.full(max_obs, np.inf), np.ones(num_tasks)]).astype(np.float32)
+        self.codec = TaskIdCodec(num_tasks)
+        max_obs, width = self.task_set_spec.max_obs_dim, self.codec.width
+        low = np.concatenate([np.full(max_obs, -np.inf), np.zeros(width)]).astype(np.float32)
+        high = np.concatenate([np.full(max_obs, np.inf), np.ones(width)]).astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (self.task_set_spec.max_action_dim,), dtype=np.float32)
 
@@ -221,11 +216,9 @@ class MultiTaskEnv(gym.Env):
     def _observation(self, obs: Any, task: int) -> np.ndarray:
         env = self._envs[task]
         flat = np.asarray(spaces.flatten(env.observation_space, obs), dtype=np.float32).ravel()
-        spec = self.task_set_spec
-        out = np.zeros(spec.max_obs_dim + spec.num_tasks, dtype=np.float32)
-        out[: flat.shape[0]] = flat
-        out[spec.max_obs_dim + task] = 1.0
-        return out
+        padded = np.zeros(self.task_set_spec.max_obs_dim, dtype=np.float32)
+        padded[: flat.shape[0]] = flat
+        return self.codec.encode(padded, task)
 
     def _task_info(self, info: dict[str, Any], task: int) -> dict[str, Any]:
         info["task"] = task
@@ -363,3 +356,33 @@ def configure_task_schedule(venv: VecEnv) -> None:
     for i, task in enumerate(fixed):
         if task is None:
             venv.env_method("set_task_schedule", i, venv.num_envs, indices=[i])
+
+
+def setup_task_set(
+    env: VecEnv, policy_kwargs: dict[str, Any], task_names: tuple[str, ...] | None
+) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    """
+    A model's view of a (possibly multi-task) env: policy kwargs with ``num_tasks`` and
+    ``task_action_dims`` read from the env's task set, and the task names. Cycling envs are
+    spread over the tasks (:func:`configure_task_schedule`).
+
+    :param policy_kwargs: the model's policy kwargs (not modified)
+    :param task_names: the tasks the model was trained on (None: new model, or single task)
+    :raises ValueError: if the policy kwargs or the model's tasks disagree with the env's task set
+    """
+    spec = get_task_set_spec(env)
+    if spec is None:
+        if policy_kwargs.get("num_tasks", 1) > 1 and task_names is not None:
+            raise ValueError(f"this M3PO model was trained on {len(task_names)} tasks; give it a multi-task env")
+        return policy_kwargs, task_names
+    given = {"num_tasks": spec.num_tasks, "task_action_dims": list(spec.action_dims)}
+    for key, value in given.items():
+        if key in policy_kwargs and policy_kwargs[key] != value:
+            raise ValueError(
+                f"policy_kwargs[{key!r}]={policy_kwargs[key]!r} does not match the env's task set "
+                f"({value!r}); leave it out, M3PO reads it from the env"
+            )
+    if task_names is not None and tuple(spec.names) != tuple(task_names):
+        raise ValueError(f"the env holds tasks {spec.names}, but this model was trained on {task_names}")
+    configure_task_schedule(env)
+    return {**policy_kwargs, **given}, tuple(spec.names)

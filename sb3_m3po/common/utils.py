@@ -15,6 +15,21 @@ class NonFiniteError(ValueError):
     """
 
 
+def check_finite(what: str, array: np.ndarray, timestep: int) -> None:
+    """
+    :param what: what the array holds, for the message
+    :param array: ``(n_envs, ...)`` one step of all envs
+    :param timestep: the model's step count, for the message
+    :raises NonFiniteError: naming the envs whose entries are NaN or inf
+    """
+    if not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        raise NonFiniteError(
+            f"M3PO got a non-finite (NaN or inf) {what} for env(s) {bad.tolist()} "
+            f"at timestep {timestep}; nothing from this step was stored or trained on"
+        )
+
+
 def check_observation_space(observation_space: spaces.Space) -> int:
     """
     Check that M3PO can encode the observation space and return its flat size.

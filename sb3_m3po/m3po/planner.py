@@ -1,11 +1,11 @@
 """MPPI planning in latent space, batched over environments and samples."""
 
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch as th
 
-from sb3_m3po.common.math import gaussian_mixture_log_prob, masked_gaussian_log_prob, mppi_refit
+from sb3_m3po.common.math import masked_gaussian_log_prob, mppi_refit
+from sb3_m3po.m3po.config import PlannerConfig
 
 
 class LatentModel(Protocol):
@@ -18,69 +18,6 @@ class LatentModel(Protocol):
     def terminal_value(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
 
     def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
-
-
-ACTION_CHOICES = ("mean", "elite")
-
-
-@dataclass(frozen=True)
-class PlannerConfig:
-    """
-    MPPI settings.
-
-    :param horizon: planning horizon H
-    :param num_samples: action sequences per iteration (including the prior's)
-    :param num_elites: best sequences used for the refit
-    :param num_prior_trajectories: sequences proposed by the policy prior
-    :param iterations: MPPI refit iterations
-    :param temperature: multiplies the elite scores in the softmax
-    :param min_std: lower clamp of the sampling std
-    :param max_std: upper clamp (and initial value) of the sampling std
-    :param gamma: discount of the planning return
-    :param action_choice: what the executed action is centred on: ``"mean"`` (the refitted mean's first
-        action) or ``"elite"`` (the first action of one elite, drawn by its weight; the one with the
-        largest weight when deterministic), as in TD-MPC2. When the elites split between two
-        equally good actions (push left or right to swing a pole up) their mean can be neither.
-    """
-
-    horizon: int = 3
-    num_samples: int = 128
-    num_elites: int = 16
-    num_prior_trajectories: int = 8
-    iterations: int = 4
-    temperature: float = 0.5
-    min_std: float = 0.05
-    max_std: float = 2.0
-    gamma: float = 0.99
-    action_choice: str = "mean"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}"),
-            (self.num_samples >= 2, f"num_samples must be >= 2, got {self.num_samples}"),
-            (
-                1 <= self.num_elites <= self.num_samples,
-                f"num_elites must be in [1, num_samples={self.num_samples}], got {self.num_elites}",
-            ),
-            (
-                0 <= self.num_prior_trajectories < self.num_samples,
-                f"num_prior_trajectories must be in [0, num_samples={self.num_samples}), got {self.num_prior_trajectories}",
-            ),
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (
-                0 < self.min_std <= self.max_std,
-                f"need 0 < min_std <= max_std, got min_std={self.min_std}, max_std={self.max_std}",
-            ),
-            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
-            (
-                self.action_choice in ACTION_CHOICES,
-                f"action_choice must be one of {ACTION_CHOICES}, got {self.action_choice!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"Invalid planner setting: {message}")
 
 
 class PlanResult(NamedTuple):
@@ -162,14 +99,15 @@ class MPPIPlanner:
     loops are over MPPI iterations and horizon steps.
 
     :param config: the planner settings
+    :param gamma: discount of the planning return
     :param compile: run the model rollouts (:func:`rollout_returns`, :func:`prior_trajectories`)
         as ``torch.compile`` graphs. On a CPU most of a rollout's time goes to the LayerNorm,
         SiLU and softmax passes between small matmuls; a whole-rollout graph fuses them (needs a
         C++ compiler; compiles once per batch shape)
     """
 
-    def __init__(self, config: PlannerConfig, compile: bool = False) -> None:
-        self.config = config
+    def __init__(self, config: PlannerConfig, gamma: float, compile: bool = False) -> None:
+        self.config, self.gamma = config, gamma
         self.compile = compile
         self._rollout_returns = th.compile(rollout_returns, dynamic=False) if compile else rollout_returns
         self._prior_trajectories = th.compile(prior_trajectories, dynamic=False) if compile else prior_trajectories
@@ -214,27 +152,15 @@ class MPPIPlanner:
                 actions = actions * mask
             if prior_actions is not None:
                 actions = th.cat([prior_actions, actions], dim=1)
-            values = self._rollout_returns(model, z_n, actions, task, cfg.gamma, generator)
+            values = self._rollout_returns(model, z_n, actions, task, self.gamma, generator)
             refit = mppi_refit(actions, values, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std, action_mask)
             mean, std = refit.mean, refit.std
         first_mean, first_std = mean[:, 0], std[:, 0]
-        if cfg.action_choice == "elite":
-            elite_first = refit.elite_actions[:, :, 0]
-            if deterministic:
-                pick = refit.weights.argmax(dim=1)
-            else:
-                pick = th.multinomial(refit.weights, 1, generator=generator).squeeze(1)
-            centre = elite_first[th.arange(batch, device=z.device), pick]
-        else:
-            centre = first_mean
         if deterministic:
-            action = centre
+            action = first_mean
         else:
             noise = th.randn(batch, act_dim, generator=generator, device=z.device, dtype=z.dtype)
-            action = centre + first_std * noise
-        if cfg.action_choice == "elite":
-            log_prob = gaussian_mixture_log_prob(action, elite_first, first_std, refit.weights, action_mask)
-        else:
-            # the refit leaves std 0 on masked dims: they are excluded from the density
-            log_prob = masked_gaussian_log_prob(action, first_mean, first_std, action_mask)
+            action = first_mean + first_std * noise
+        # the refit leaves std 0 on masked dims: they are excluded from the density
+        log_prob = masked_gaussian_log_prob(action, first_mean, first_std, action_mask)
         return PlanResult(action, first_mean, first_std, mean, log_prob)

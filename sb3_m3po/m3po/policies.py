@@ -12,24 +12,12 @@ from torch import nn
 from torch.distributions import Normal
 
 from sb3_m3po.common.layers import mlp
-from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob, symexp, symlog
+from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob
+from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
-from sb3_m3po.m3po.planner import MPPIPlanner, PlannerConfig, shift_plan
+from sb3_m3po.m3po.config import PlannerConfig, make_config, model_config
+from sb3_m3po.m3po.planner import MPPIPlanner, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
-
-# Network sizes. "cpu" is our default for 2-core machines; "1M"/"5M" follow TD-MPC2's presets.
-# The "cpu" preset keeps 2 Q heads (clipped double Q): on 2 cores the 5-head ensemble was
-# ~25 % of a world-model step.
-MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "cpu": {"latent_dim": 64, "enc_dim": 128, "mlp_dim": 128, "prior_dim": 128, "num_q": 2},
-    "1M": {"latent_dim": 128, "enc_dim": 256, "mlp_dim": 384, "prior_dim": 384, "num_q": 5},
-    "5M": {"latent_dim": 512, "enc_dim": 256, "mlp_dim": 512, "prior_dim": 512, "num_q": 5},
-}
-
-# How the value head's output maps to a value: "identity" (SB3's PPO), or "symlog" (the head
-# predicts symlog(V) and the loss is the MSE of symlog(V) against symlog(returns), DreamerV3's
-# scale-free regression)
-VALUE_TRANSFORMS = ("identity", "symlog")
 
 # Seed of the planner's RNG for deterministic=True, so that a deterministic action
 # is a pure function of (observation, warm-start plan) and survives save/load.
@@ -43,16 +31,6 @@ class ActResult(NamedTuple):
     behaviour_log_prob: th.Tensor  # (B,) log-probability under the distribution it was drawn from
     plan: th.Tensor  # (B, H, A) refitted plan for the next warm start
     behaviour_std: th.Tensor  # (B, A)
-    prior_mean: th.Tensor  # (B, A) mean of the prior the log-probability was taken under
-
-
-class PriorEvaluation(NamedTuple):
-    values: th.Tensor  # (B, 1)
-    log_prob: th.Tensor  # (B,) prior log-probability of the given actions (valid dims)
-    entropy: th.Tensor  # (B,) prior entropy (valid dims)
-    mean: th.Tensor  # (B, A) prior mean
-    std: th.Tensor  # (B, A) prior std
-    mask: th.Tensor | None  # (B, A) valid action dims (None: all)
 
 
 class M3POPolicy(BasePolicy):
@@ -66,39 +44,34 @@ class M3POPolicy(BasePolicy):
     rescaled to the env's bounds by :meth:`predict`.
 
     :param observation_space: Box, or Dict of Box (flattened in sorted key order)
-    :param action_space: bounded Box
+    :param action_space: bounded Box (any shape; the networks see it flat)
     :param lr_schedule: learning-rate schedule of the prior/value optimizer
-    :param model_size: preset of network sizes, one of ``MODEL_PRESETS``
-    :param latent_dim: overrides the preset's latent size
-    :param enc_dim: overrides the preset's encoder width
-    :param mlp_dim: overrides the preset's world-model width
-    :param prior_dim: overrides the preset's prior/value width
-    :param num_q: overrides the preset's Q ensemble size
-    :param num_bins: two-hot bins
-    :param vmin: lowest bin (symlog space)
-    :param vmax: highest bin (symlog space)
-    :param simnorm_dim: SimNorm group size
-    :param num_tasks: number of tasks (1: single task, no task embedding). With ``num_tasks > 1`` the
-        observations follow the multi-task convention of :mod:`sb3_m3po.common.multitask`: the last
-        ``num_tasks`` entries are the one-hot task id, which the encoder replaces by the task embedding
-    :param task_dim: task embedding size
+    :param gamma: discount of the planner's returns (the algorithm's ``gamma``)
+    :param model_size: preset of network sizes, a key of :data:`~sb3_m3po.m3po.config.MODEL_PRESETS`
+    :param architecture: fields of :class:`~sb3_m3po.m3po.config.WorldModelConfig` that replace the preset's
+    :param net_arch: hidden layers of the prior and value MLPs: a list for both, or ``dict(pi=[...], vf=[...])``
+        as in SB3 (None: two layers of the preset's ``prior_dim``)
+    :param activation_fn: hidden activation of the prior and value MLPs (the world model keeps SiLU,
+        TD-MPC2's Mish being several times slower on this torch CPU build)
+    :param log_std_init: initial log std of the prior
+    :param num_tasks: number of tasks (1: single task). With ``num_tasks > 1`` observations end with
+        the one-hot task id (:class:`~sb3_m3po.common.task_ids.TaskIdCodec`), which the networks
+        replace by a learned task embedding
     :param task_action_dims: action size of every task (``num_tasks`` entries, None: all use the full
         action); the other action dimensions are masked in the prior, the planner and execution
-    :param log_std_init: initial log std of the prior
-    :param value_transform: ``"identity"`` (the value head outputs V, as SB3's PPO) or ``"symlog"``
-        (it outputs ``symlog(V)`` and the value loss is taken in symlog space; for returns in the
-        hundreds, which a raw head reaches only after thousands of Adam steps)
-    :param planner: MPPI settings
+    :param planner: MPPI settings (a :class:`~sb3_m3po.m3po.config.PlannerConfig` or its kwargs)
     :param use_planner: plan with MPPI (True) or act with the prior alone (False)
-    :param wm_learning_rate: Adam learning rate of the world model
-    :param enc_lr_scale: encoder learning-rate multiplier
-    :param optimizer_class: optimizer of the prior/value (and world model)
+    :param optimizer_class: optimizer of the prior/value
     :param optimizer_kwargs: extra optimizer arguments
     :param torch_compile: run the planner's model rollouts and the world-model loss (forward and
-        backward) as ``torch.compile`` graphs (needs a C++ compiler on CPU). Whole graphs fuse the
-        LayerNorm/SiLU/softmax passes between the small matmuls (see
-        ``benchmarks/planner_bench.py --compile``); costs tens of seconds of compilation at the start
-        and again for each new batch shape
+        backward) as ``torch.compile`` graphs (needs a C++ compiler on CPU), fusing the
+        LayerNorm/SiLU/softmax passes between the small matmuls; costs tens of seconds of
+        compilation at the start and again for each new batch shape
+    :param normalize_images: accepted for SB3's policy API; M3PO refuses image observations
+    :param features_extractor_class: not supported: the world model's encoder is M3PO's feature
+        extractor (size it with ``model_size`` / ``architecture``)
+    :param features_extractor_kwargs: not supported (see ``features_extractor_class``)
+    :param use_sde: not supported
     """
 
     def __init__(
@@ -106,32 +79,30 @@ class M3POPolicy(BasePolicy):
         observation_space: spaces.Space,
         action_space: spaces.Box,
         lr_schedule: Schedule,
+        gamma: float = 0.99,
         model_size: str = "cpu",
-        latent_dim: int | None = None,
-        enc_dim: int | None = None,
-        mlp_dim: int | None = None,
-        prior_dim: int | None = None,
-        num_q: int | None = None,
-        num_bins: int = 101,
-        vmin: float = -10.0,
-        vmax: float = 10.0,
-        simnorm_dim: int = 8,
-        num_tasks: int = 1,
-        task_dim: int = 16,
-        task_action_dims: list[int] | None = None,
+        architecture: dict[str, Any] | None = None,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.SiLU,
         log_std_init: float = 0.0,
-        value_transform: str = "identity",
-        planner: PlannerConfig | None = None,
+        num_tasks: int = 1,
+        task_action_dims: list[int] | None = None,
+        planner: PlannerConfig | dict[str, Any] | None = None,
         use_planner: bool = True,
-        wm_learning_rate: float = 3e-4,
-        enc_lr_scale: float = 0.3,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         torch_compile: bool = False,
+        normalize_images: bool = True,
+        features_extractor_class: type | None = None,
+        features_extractor_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
     ) -> None:
-        if model_size not in MODEL_PRESETS:
-            raise ValueError(f"model_size must be one of {sorted(MODEL_PRESETS)}, got {model_size!r}")
+        if features_extractor_class is not None or features_extractor_kwargs:
+            raise ValueError(
+                "M3PO does not take features_extractor_class/features_extractor_kwargs: its feature extractor is the "
+                "world model's encoder (an MLP into a SimNorm latent), trained by the world-model losses. Size it with "
+                "policy_kwargs=dict(model_size='cpu'|'1M'|'5M', architecture=dict(enc_dim=..., latent_dim=...))"
+            )
         assert not use_sde, "M3PO does not support gSDE (use_sde=True)"
         super().__init__(
             observation_space,
@@ -139,29 +110,21 @@ class M3POPolicy(BasePolicy):
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs,
             squash_output=False,
+            normalize_images=normalize_images,
         )
         if optimizer_class is th.optim.Adam and not {"foreach", "fused"} & set(self.optimizer_kwargs):
             # one fused kernel for all parameters: the per-tensor loop of the default CPU Adam
             # costs more than the arithmetic for these small networks
             self.optimizer_kwargs = {**self.optimizer_kwargs, "fused": True}
-        preset = MODEL_PRESETS[model_size]
-        self.model_size = model_size
-        self.latent_dim = latent_dim or preset["latent_dim"]
-        self.enc_dim = enc_dim or preset["enc_dim"]
-        self.mlp_dim = mlp_dim or preset["mlp_dim"]
-        self.prior_dim = prior_dim or preset["prior_dim"]
-        self.num_q = num_q or preset["num_q"]
-        self.num_bins, self.vmin, self.vmax = num_bins, vmin, vmax
-        self.simnorm_dim, self.num_tasks, self.task_dim = simnorm_dim, num_tasks, task_dim
-        self.log_std_init = log_std_init
-        if value_transform not in VALUE_TRANSFORMS:
-            raise ValueError(f"value_transform must be one of {VALUE_TRANSFORMS}, got {value_transform!r}")
-        self.value_transform = value_transform
-        self.planner_config = planner or PlannerConfig()
+        self.gamma, self.model_size, self.architecture = gamma, model_size, architecture
+        self.model_config = model_config(model_size, architecture)
+        self.net_arch, self.activation_fn, self.log_std_init = net_arch, activation_fn, log_std_init
+        self.planner_config = make_config(PlannerConfig, planner, "planner_kwargs")
         self.use_planner = use_planner
-        self.wm_learning_rate, self.enc_lr_scale = wm_learning_rate, enc_lr_scale
         self.obs_dim = check_observation_space(observation_space)
         self.action_dim = int(np.prod(action_space.shape))
+        self.num_tasks = num_tasks
+        self.codec = TaskIdCodec(num_tasks)
         self.task_action_dims = self._check_tasks(num_tasks, task_action_dims)
         self.torch_compile = torch_compile
         self._build(lr_schedule)
@@ -183,33 +146,33 @@ class M3POPolicy(BasePolicy):
             )
         return dims
 
+    def _hidden_layers(self) -> tuple[list[int], list[int]]:
+        """Hidden widths of the prior and the value MLP, from ``net_arch`` (SB3's formats) or the preset."""
+        arch = self.net_arch
+        if arch is None:
+            width = self.model_config.prior_dim
+            return [width, width], [width, width]
+        if isinstance(arch, dict):
+            unknown = set(arch) - {"pi", "vf"}
+            if unknown:
+                raise ValueError(f"net_arch takes the keys 'pi' and 'vf' (prior and value MLPs), got {sorted(unknown)}")
+            return list(arch.get("pi", [])), list(arch.get("vf", []))
+        return list(arch), list(arch)
+
     def _build(self, lr_schedule: Schedule) -> None:
-        # multi-task: the encoder sees the padded observation without the one-hot (the embedding carries the task)
-        task_id_dims = self.num_tasks if self.num_tasks > 1 else 0
-        self.world_model = WorldModel(
-            self.obs_dim - task_id_dims,
-            self.action_dim,
-            latent_dim=self.latent_dim,
-            enc_dim=self.enc_dim,
-            mlp_dim=self.mlp_dim,
-            num_q=self.num_q,
-            num_bins=self.num_bins,
-            vmin=self.vmin,
-            vmax=self.vmax,
-            simnorm_dim=self.simnorm_dim,
-            num_tasks=self.num_tasks,
-            task_dim=self.task_dim,
-        )
-        in_dim = self.latent_dim + self.world_model.task_dim
-        self.actor = mlp(in_dim, [self.prior_dim, self.prior_dim], self.action_dim)
-        self.value_net = mlp(in_dim, [self.prior_dim, self.prior_dim], 1)
+        cfg = self.model_config
+        self.world_model = WorldModel(self.obs_dim - self.codec.width, self.action_dim, cfg, self.num_tasks)
+        in_dim = cfg.latent_dim + self.world_model.task_dim
+        pi_layers, vf_layers = self._hidden_layers()
+        self.actor = mlp(in_dim, pi_layers, self.action_dim, activation_fn=self.activation_fn)
+        self.value_net = mlp(in_dim, vf_layers, 1, activation_fn=self.activation_fn)
         self.log_std = nn.Parameter(th.full((self.action_dim,), self.log_std_init))
         # Small initial prior means, as SB3 does for PPO's action head
         actor_out = self.actor[-1]
         assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
         nn.init.orthogonal_(actor_out.weight, gain=0.01)
         nn.init.zeros_(actor_out.bias)
-        self.planner = MPPIPlanner(self.planner_config, compile=self.torch_compile)
+        self.planner = MPPIPlanner(self.planner_config, self.gamma, compile=self.torch_compile)
         # the algorithm calls this for the world-model loss; compiled, its backward is one graph too
         losses = self.world_model.losses
         self.world_model_losses = th.compile(losses, dynamic=False) if self.torch_compile else losses
@@ -221,58 +184,29 @@ class M3POPolicy(BasePolicy):
         self.register_buffer("action_masks", masks, persistent=False)
         prior_params = [*self.actor.parameters(), *self.value_net.parameters(), self.log_std]
         self.optimizer = self.optimizer_class(prior_params, lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
-        wm = self.world_model
-        encoder_params = list(wm.encoder.parameters())
-        other_params = [
-            p for n, p in wm.named_parameters() if p.requires_grad and not n.startswith(("encoder.", "target_q_ensemble."))
-        ]
-        self.wm_optimizer = self.optimizer_class(
-            [
-                {"params": encoder_params, "lr": self.wm_learning_rate * self.enc_lr_scale},
-                {"params": other_params, "lr": self.wm_learning_rate},
-            ],
-            lr=self.wm_learning_rate,
-            **self.optimizer_kwargs,  # type: ignore[call-arg]
-        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
+            gamma=self.gamma,
             model_size=self.model_size,
-            latent_dim=self.latent_dim,
-            enc_dim=self.enc_dim,
-            mlp_dim=self.mlp_dim,
-            prior_dim=self.prior_dim,
-            num_q=self.num_q,
-            num_bins=self.num_bins,
-            vmin=self.vmin,
-            vmax=self.vmax,
-            simnorm_dim=self.simnorm_dim,
-            num_tasks=self.num_tasks,
-            task_dim=self.task_dim,
-            task_action_dims=self.task_action_dims,
+            architecture=self.architecture,
+            net_arch=self.net_arch,
+            activation_fn=self.activation_fn,
             log_std_init=self.log_std_init,
-            value_transform=self.value_transform,
+            num_tasks=self.num_tasks,
+            task_action_dims=self.task_action_dims,
             planner=self.planner_config,
             use_planner=self.use_planner,
-            wm_learning_rate=self.wm_learning_rate,
-            enc_lr_scale=self.enc_lr_scale,
             torch_compile=self.torch_compile,
             lr_schedule=self._dummy_schedule,
         )
         return data
 
-    # --- task ids and action masks (multi-task convention of sb3_m3po.common.multitask)
+    # --- task ids and action masks (multi-task convention of sb3_m3po.common.task_ids)
     def task_ids(self, obs: th.Tensor) -> th.Tensor | None:
-        """
-        Task ids ``(...)`` read from the one-hot at the end of the observations ``(..., obs_dim)`` (None for one task).
-
-        The argmax is unchanged by ``VecNormalize``, which normalises every entry of the one-hot
-        with increasing affine maps, so the ids stay right on normalised observations.
-        """
-        if self.num_tasks == 1:
-            return None
-        return obs[..., -self.num_tasks :].argmax(-1)
+        """Task ids ``(...)`` of observations ``(..., obs_dim)`` (None for one task)."""
+        return self.codec.decode(obs)
 
     def action_mask(self, task: th.Tensor | None) -> th.Tensor | None:
         """``(..., action_dim)`` 0/1 mask of the valid action dims of ``task`` ``(...)`` (None: all valid)."""
@@ -329,19 +263,8 @@ class M3POPolicy(BasePolicy):
         return masked_gaussian_entropy(dist.stddev, self.action_mask(task))
 
     def value(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        """State value in return units, ``(..., 1)``."""
-        out = self.value_net(self._head_input(z, task))
-        return symexp(out) if self.value_transform == "symlog" else out
-
-    def value_loss_space(self, values: th.Tensor) -> th.Tensor:
-        """
-        Map values or returns into the space the value loss is taken in.
-
-        With ``value_transform="symlog"`` the value head's output is ``symlog(V)``: returns of a few
-        hundred (Meta-World) are then a few units away from the initial output, where a raw head
-        needs thousands of Adam steps to get there.
-        """
-        return symlog(values) if self.value_transform == "symlog" else values
+        """State value, ``(..., 1)``."""
+        return self.value_net(self._head_input(z, task))
 
     def encode(self, obs: th.Tensor) -> th.Tensor:
         return self.world_model.encode(obs, self.task_ids(obs))
@@ -385,8 +308,12 @@ class M3POPolicy(BasePolicy):
             log_prob if behaviour_log_prob is None else behaviour_log_prob,
             plan,
             std,
-            prior.mean,
         )
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Flat ``[-1, 1]`` actions ``(B, action_dim)`` clipped and rescaled to the env's bounds and shape."""
+        assert self.action_space.shape is not None, "M3PO needs a Box action space"
+        return self.unscale_action(np.clip(action, -1.0, 1.0).reshape((-1, *self.action_space.shape)))
 
     def initial_plan(self, n_envs: int) -> th.Tensor:
         return th.zeros(n_envs, self.planner_config.horizon, self.action_dim, device=self.device)
@@ -398,23 +325,11 @@ class M3POPolicy(BasePolicy):
 
     def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Values, prior log-probabilities and prior entropy of stored flat observations and actions."""
-        out = self.evaluate_prior(obs, actions)
-        return out.values, out.log_prob, out.entropy
-
-    def evaluate_prior(self, obs: th.Tensor, actions: th.Tensor) -> PriorEvaluation:
-        """:meth:`evaluate_actions` plus the prior Gaussian itself (for the closed-form KL of the update)."""
         task = self.task_ids(obs)
         with th.no_grad():
             z = self.world_model.encode(obs, task)
         dist = self.prior_distribution(z, task)
-        return PriorEvaluation(
-            self.value(z, task),
-            self.prior_log_prob(dist, actions, task),
-            self.prior_entropy(dist, task),
-            dist.mean,
-            dist.stddev,
-            self.action_mask(task),
-        )
+        return self.value(z, task), self.prior_log_prob(dist, actions, task), self.prior_entropy(dist, task)
 
     def predict_values(self, obs: th.Tensor) -> th.Tensor:
         return self.value(self.encode(obs), self.task_ids(obs))
@@ -462,9 +377,7 @@ class M3POPolicy(BasePolicy):
             generator.manual_seed(DETERMINISTIC_PLANNER_SEED)
         with th.inference_mode():
             out = self.act(obs, plan, deterministic, generator)
-        actions = self.unscale_action(np.clip(out.action.cpu().numpy(), -1.0, 1.0))
-        assert self.action_space.shape is not None, "M3PO needs a Box action space"
-        actions = actions.reshape((-1, *self.action_space.shape))
+        actions = self.to_env_action(out.action.cpu().numpy())
         if not vectorized:
             actions = actions.squeeze(axis=0)
         new_state = (out.plan.reshape(n_envs, -1).cpu().numpy(),)

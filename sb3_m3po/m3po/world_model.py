@@ -8,6 +8,8 @@ from torch import nn
 
 from sb3_m3po.common.layers import EnsembleMLP, SimNorm, mlp
 from sb3_m3po.common.math import soft_ce, two_hot_inv
+from sb3_m3po.common.task_ids import TaskIdCodec
+from sb3_m3po.m3po.config import WorldModelConfig, WorldModelTrainingConfig
 
 
 class WorldModelLosses(NamedTuple):
@@ -25,48 +27,25 @@ class WorldModel(nn.Module):
     Every component sees ``concat(input, e)`` where ``e = task_embedding(task_id)``
     (max-norm 1) when ``num_tasks > 1``; with a single task no embedding is used.
 
-    :param obs_dim: flat observation size
+    :param obs_dim: flat observation size without the task id
     :param action_dim: action size (actions live in ``[-1, 1]``)
-    :param latent_dim: latent size, a multiple of ``simnorm_dim``
-    :param enc_dim: encoder hidden width
-    :param mlp_dim: hidden width of dynamics, reward and Q networks
-    :param num_q: Q ensemble size
-    :param num_bins: bins of the two-hot reward and Q heads
-    :param vmin: lowest bin (symlog space)
-    :param vmax: highest bin (symlog space)
-    :param simnorm_dim: SimNorm group size
-    :param num_tasks: number of tasks (1 disables the task embedding)
-    :param task_dim: task embedding size
+    :param config: network sizes
+    :param num_tasks: number of tasks (1 disables the task embedding); multi-task observations
+        end with the one-hot id of :class:`~sb3_m3po.common.task_ids.TaskIdCodec`
     """
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        latent_dim: int = 64,
-        enc_dim: int = 128,
-        mlp_dim: int = 256,
-        num_q: int = 5,
-        num_bins: int = 101,
-        vmin: float = -10.0,
-        vmax: float = 10.0,
-        simnorm_dim: int = 8,
-        num_tasks: int = 1,
-        task_dim: int = 16,
-    ) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, config: WorldModelConfig, num_tasks: int = 1) -> None:
         super().__init__()
-        assert latent_dim % simnorm_dim == 0, f"latent_dim={latent_dim} must be a multiple of simnorm_dim={simnorm_dim}"
-        assert num_q >= 2, f"num_q={num_q}: the TD target takes the min of 2 Q heads, so num_q must be >= 2"
-        self.obs_dim, self.action_dim, self.latent_dim = obs_dim, action_dim, latent_dim
-        self.num_q, self.num_bins, self.vmin, self.vmax = num_q, num_bins, vmin, vmax
-        self.num_tasks = num_tasks
-        self.task_dim = task_dim if num_tasks > 1 else 0
-        self.task_embedding = nn.Embedding(num_tasks, task_dim, max_norm=1.0) if num_tasks > 1 else None
-        t = self.task_dim
-        self.encoder = mlp(obs_dim + t, [enc_dim], latent_dim, SimNorm(simnorm_dim))
-        self.dynamics = mlp(latent_dim + action_dim + t, [mlp_dim, mlp_dim], latent_dim, SimNorm(simnorm_dim))
-        self.reward_head = mlp(latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
-        self.q_ensemble = EnsembleMLP(num_q, latent_dim + action_dim + t, [mlp_dim, mlp_dim], num_bins)
+        self.obs_dim, self.action_dim, self.latent_dim = obs_dim, action_dim, config.latent_dim
+        self.num_q, self.num_bins, self.vmin, self.vmax = config.num_q, config.num_bins, config.vmin, config.vmax
+        self.codec = TaskIdCodec(num_tasks)
+        self.task_dim = config.task_dim if num_tasks > 1 else 0
+        self.task_embedding = nn.Embedding(num_tasks, config.task_dim, max_norm=1.0) if num_tasks > 1 else None
+        t, latent, width = self.task_dim, config.latent_dim, [config.mlp_dim, config.mlp_dim]
+        self.encoder = mlp(obs_dim + t, [config.enc_dim], latent, SimNorm(config.simnorm_dim))
+        self.dynamics = mlp(latent + action_dim + t, width, latent, SimNorm(config.simnorm_dim))
+        self.reward_head = mlp(latent + action_dim + t, width, config.num_bins)
+        self.q_ensemble = EnsembleMLP(config.num_q, latent + action_dim + t, width, config.num_bins)
         # Zero-init output layers so initial reward/Q predictions are 0 (as in TD-MPC2)
         reward_out = self.reward_head[-1]
         assert isinstance(reward_out, nn.Linear), f"the reward head must end in nn.Linear, got {reward_out}"
@@ -96,11 +75,8 @@ class WorldModel(nn.Module):
         return th.cat([x, emb.expand(*x.shape[:-1], emb.shape[-1])], dim=-1)
 
     def encode(self, obs: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        if self.task_embedding is not None and obs.shape[-1] == self.obs_dim + self.num_tasks:
-            # multi-task observations end with the one-hot task id (sb3_m3po.common.multitask);
-            # the embedding carries the task, so the encoder sees the padded observation only
-            obs = obs[..., : self.obs_dim]
-        return self.encoder(self.with_task(obs, task))
+        """Latent of observations in the env's convention (multi-task: with the one-hot id, which is dropped)."""
+        return self.encoder(self.with_task(self.codec.strip(obs), task))
 
     def next(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
         return self.dynamics(self.with_task(th.cat([z, action], -1), task))
@@ -159,10 +135,7 @@ class WorldModel(nn.Module):
         target_z: th.Tensor,
         td_targets: th.Tensor,
         task: th.Tensor | None,
-        rho: float,
-        consistency_coef: float,
-        reward_coef: float,
-        value_coef: float,
+        config: WorldModelTrainingConfig,
     ) -> WorldModelLosses:
         """
         Multi-step latent consistency, reward and Q losses on ``H``-step subsequences.
@@ -175,7 +148,9 @@ class WorldModel(nn.Module):
         :param rewards: ``(H, B, 1)``
         :param target_z: ``(H, B, L)`` encodings of the real next observations (no gradient)
         :param td_targets: ``(H, B, 1)`` precomputed (no gradient) TD targets
+        :param config: the loss weights (``rho`` and the coefficients)
         """
+        rho = config.rho
         horizon = actions.shape[0]
         z = self.encode(obs, task)
         latents = [z]
@@ -191,5 +166,5 @@ class WorldModel(nn.Module):
         q_ce = soft_ce(q_logits, td_targets.unsqueeze(0).expand(self.num_q, -1, -1, -1), self.vmin, self.vmax)
         value_loss = (q_ce * weights.unsqueeze(0)).mean()
         consistency = consistency / horizon
-        total = consistency_coef * consistency + reward_coef * reward_loss + value_coef * value_loss
+        total = config.consistency_coef * consistency + config.reward_coef * reward_loss + config.value_coef * value_loss
         return WorldModelLosses(total, consistency, reward_loss, value_loss, zs)

@@ -1,0 +1,154 @@
+"""
+The world-model update of M3PO: TD-MPC2's losses on replayed subsequences, each gradient step
+followed by a Q-guided step on the policy prior's mean.
+"""
+
+from typing import Any, NamedTuple
+
+import torch as th
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_m3po.common.buffers import EpisodicReplayBuffer, ReplaySamples
+from sb3_m3po.common.utils import NonFiniteError
+from sb3_m3po.m3po.config import WorldModelTrainingConfig
+from sb3_m3po.m3po.policies import M3POPolicy
+from sb3_m3po.m3po.world_model import WorldModel
+
+
+class WorldModelStats(NamedTuple):
+    """Means over one update's gradient steps, for the logger."""
+
+    consistency_loss: float
+    reward_loss: float
+    value_loss: float
+    grad_norm: float
+    gradient_steps: int
+    q_scale: float
+
+
+def world_model_optimizer(world_model: WorldModel, config: WorldModelTrainingConfig, **kwargs: Any) -> th.optim.Adam:
+    """Adam over the world model (encoder at ``enc_lr_scale`` of the rate; the target Q ensemble excluded)."""
+    encoder = list(world_model.encoder.parameters())
+    others = [
+        p
+        for name, p in world_model.named_parameters()
+        if p.requires_grad and not name.startswith(("encoder.", "target_q_ensemble."))
+    ]
+    groups: list[dict[str, Any]] = [{"params": encoder, "lr": config.learning_rate * config.enc_lr_scale}, {"params": others}]
+    return th.optim.Adam(groups, lr=config.learning_rate, **kwargs)
+
+
+@th.no_grad()
+def world_model_targets(
+    policy: M3POPolicy, batch: ReplaySamples, task: th.Tensor | None, gamma: float
+) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Consistency targets ``sg(h(s_{t+1}))`` and TD targets ``r + gamma (1 - term) min Q_target(z', mu(z'))``.
+
+    Both carry no gradient: the stop-gradient is on the target side of the consistency loss,
+    so the encoder learns only through the predicted (online) latents.
+
+    :raises NonFiniteError: if the TD targets are not finite
+    """
+    wm = policy.world_model
+    target_z = wm.encode(batch.next_observations, task)
+    next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
+    td_targets = batch.rewards + gamma * (1.0 - batch.terminated) * next_q
+    if not th.isfinite(td_targets).all():
+        raise NonFiniteError(
+            "M3PO world-model loss became non-finite: the TD targets (reward + gamma * target Q) contain NaN/inf. "
+            "Parameters were not updated with them; lower world_model_kwargs['learning_rate'] or check the rewards."
+        )
+    return target_z, td_targets
+
+
+def q_guided_prior_step(
+    policy: M3POPolicy,
+    latents: th.Tensor,
+    task: th.Tensor | None,
+    config: WorldModelTrainingConfig,
+    max_grad_norm: float,
+    q_scale: float,
+) -> float:
+    """
+    One step of the prior mean up the Q ensemble, on the latents of a world-model batch.
+
+    The loss is ``-prior_q_coef * rho^t Q(z_t, mu(z_t)) / max(scale, 1)``, TD-MPC2's policy loss on
+    the mean, with ``scale`` a running mean of ``|Q|`` so the step does not depend on the reward
+    scale. It uses the PPO optimizer of the prior: both updates move the same parameters, and
+    with one Adam each step is normalised by the gradient scale of both, so the few PPO epochs of
+    a rollout are not inflated relative to the many Q steps (or the reverse).
+
+    :param latents: ``(H, B, L)`` latents of the batch (detached here)
+    :return: the updated running ``|Q|`` scale
+    """
+    wm = policy.world_model
+    latents = latents.detach()
+    wm.q_ensemble.requires_grad_(False)
+    try:
+        q = wm.q_value(latents, policy.prior_mean(latents, task), task)  # (H, B, 1)
+    finally:
+        wm.q_ensemble.requires_grad_(True)
+    q_scale = 0.99 * q_scale + 0.01 * float(q.detach().abs().mean())
+    horizon = latents.shape[0]
+    weights = config.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
+    loss = -config.prior_q_coef * (q * weights).mean() / max(q_scale, 1.0)
+    policy.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    th.nn.utils.clip_grad_norm_(policy.actor.parameters(), max_grad_norm, foreach=True)
+    policy.optimizer.step()
+    return q_scale
+
+
+def update_world_model(
+    policy: M3POPolicy,
+    optimizer: th.optim.Optimizer,
+    replay: EpisodicReplayBuffer,
+    config: WorldModelTrainingConfig,
+    *,
+    steps: int,
+    gamma: float,
+    prior_max_grad_norm: float,
+    q_scale: float,
+    vec_normalize: VecNormalize | None = None,
+) -> WorldModelStats:
+    """
+    ``steps`` world-model gradient steps on ``planner horizon``-step subsequences, each followed by
+    a Polyak update of the target Q ensemble and (``prior_q_coef > 0``) a Q-guided prior step.
+
+    :param optimizer: the world model's optimizer (:func:`world_model_optimizer`)
+    :param replay: where the subsequences come from
+    :param steps: number of gradient steps
+    :param gamma: discount of the TD targets
+    :param prior_max_grad_norm: gradient clip of the prior step (PPO's ``max_grad_norm``)
+    :param q_scale: running ``|Q|`` scale of the prior step before the update
+    :param vec_normalize: statistics that normalise the replayed observations and rewards
+    :raises NonFiniteError: if a loss or target is not finite (the parameters are not updated with it)
+    """
+    horizon = policy.planner_config.horizon
+    wm = policy.world_model
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    totals = th.zeros(4, device=policy.device)
+    for _ in range(steps):
+        batch = replay.sample(config.batch_size, horizon, vec_normalize)
+        task = policy.task_ids(batch.observations)
+        target_z, td_targets = world_model_targets(policy, batch, task, gamma)
+        losses = policy.world_model_losses(
+            batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, config
+        )
+        if not th.isfinite(losses.total):
+            parts = {k: float(v) for k, v in losses._asdict().items() if k != "latents"}
+            raise NonFiniteError(
+                f"M3PO world-model loss became non-finite: {parts}. Parameters were not updated with it; "
+                "lower world_model_kwargs['learning_rate'] or check the rewards and observations."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        grad_norm = th.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+        optimizer.step()
+        wm.soft_update_target(config.tau)
+        if config.prior_q_coef > 0:
+            q_scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, q_scale)
+        totals += th.stack([losses.consistency.detach(), losses.reward.detach(), losses.value.detach(), grad_norm])
+    consistency, reward, value, grad_norm = (totals / max(steps, 1)).tolist()
+    return WorldModelStats(consistency, reward, value, grad_norm, steps, q_scale)
