@@ -5,7 +5,7 @@ The suite's periodic evaluations of a multi-task id (``m3po/MT10-v0``) run one e
 final success is a single 0/1 draw and the mean over ten tasks moves by 0.1 per episode. This script loads the
 final model of every finished run of the suite (the ``<env>.zip`` rl-zoo3 saves at the end of training, in the
 run folder its record names), runs ``--episodes`` deterministic episodes of every task on one env per task
-(:func:`sb3_m3po.common.callbacks.evaluate_tasks`, success at the last step as in training's evaluations, the
+(:func:`sb3_m3po.zoo.callbacks.evaluate_tasks`, success at the last step as in training's evaluations, the
 same eval seed for every run), and writes ``benchmarks/results/<suite>/final_eval.{csv,md}``: per run and task
 the success rate and mean return, and per task the mean over seeds with a 95 % bootstrap CI.
 
@@ -88,9 +88,9 @@ def evaluate_run(record: Any, episodes: int, eval_seed: int, runs_dir: str | Non
     from rl_zoo3.utils import ALGOS
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from sb3_m3po.common.callbacks import evaluate_tasks
-    from sb3_m3po.common.multitask import get_task_set_spec, make_multitask_vec_env
+    from sb3_m3po.envs.multitask import get_task_set_spec, make_multitask_vec_env
     from sb3_m3po.zoo import register
+    from sb3_m3po.zoo.callbacks import evaluate_tasks
 
     register()  # M3PO in rl-zoo3's ALGOS, our env ids in gymnasium
     spec = record.spec

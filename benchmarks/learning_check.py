@@ -82,7 +82,7 @@ def run_one(task_name: str, algo: str, seed: int, out_dir: str) -> str:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     from sb3_m3po import M3PO
-    from sb3_m3po.common.envs import make_env
+    from sb3_m3po.envs import make_env
 
     task = TASKS[task_name]
     path = os.path.join(out_dir, task_name, f"{algo}_seed{seed}.json")

@@ -23,7 +23,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch.profiler import ProfilerActivity, profile
 
 from sb3_m3po import M3PO
-from sb3_m3po.common.envs import make_env
+from sb3_m3po.envs import make_env
 from sb3_m3po.m3po.planner import shift_plan
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_m3po.common.checkpoints import latest_checkpoint
+from sb3_m3po.zoo.checkpoints import latest_checkpoint
 
 SEGMENTS_FILE = "segments.json"
 

@@ -1,5 +1,5 @@
 """
-Benchmark suite runner: tasks x algorithms x seeds, trained through ``python -m sb3_m3po.train`` (rl-zoo3).
+Benchmark suite runner: tasks x algorithms x seeds, trained through ``python -m sb3_m3po.zoo.train`` (rl-zoo3).
 
 Usage::
 
@@ -11,7 +11,7 @@ Usage::
 Each run is the command a user would type, started as a subprocess in its own folder
 ``benchmarks/runs/<suite>/<task>/<algorithm>/seed<S>/`` (models, tensorboard, ``train.log``; gitignored)::
 
-    python -m sb3_m3po.train --algo <algo> --env <env> -n <sim_steps / action_repeat> --seed <S> -f <folder>
+    python -m sb3_m3po.zoo.train --algo <algo> --env <env> -n <sim_steps / action_repeat> --seed <S> -f <folder>
         --eval-freq <eval_every / action_repeat> --eval-episodes <eval_episodes> --num-threads 1 -tb <folder>/tb
         --checkpoint-freq <eval_every / action_repeat> [--env-kwargs k:v ...] [-params k:v ...] [extra args]
 
@@ -526,7 +526,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 def shipped_entry(algo: str, env_id: str) -> dict[str, Any] | None:
     """
-    Hyperparameters ``sb3_m3po.train`` uses for ``(algo, env_id)`` from our ``hyperparams/<algo>.yml``
+    Hyperparameters ``sb3_m3po.zoo.train`` uses for ``(algo, env_id)`` from our ``hyperparams/<algo>.yml``
     (M3PO falls back to its ``default`` entry); None where rl-zoo3's own files apply.
     """
     path = os.path.join(REPO_ROOT, "hyperparams", f"{algo}.yml")
@@ -560,7 +560,7 @@ def check_suite_environment(suite: Suite) -> None:
     import gymnasium as gym
     from rl_zoo3.utils import ALGOS
 
-    from sb3_m3po.common.envs import register_envs
+    from sb3_m3po.envs import register_envs
 
     register_envs()
     known_algos = {*ALGOS, "m3po"}
@@ -647,7 +647,7 @@ def zoo_command(
     eval_freq = str(task.eval_every // task.action_repeat)
     command = [
         "-m",
-        "sb3_m3po.train",
+        "sb3_m3po.zoo.train",
         "--algo",
         algorithm.algo,
         "--env",
@@ -740,7 +740,7 @@ def read_per_task_final(npz_path: str, task: Task) -> dict[str, float] | None:
     Score of every task at the last evaluation within the budget, for multi-task envs.
 
     ``sb3-m3po train`` records the task of every evaluation episode (``tasks``, ``task_names`` in
-    ``evaluations.npz``, see :class:`sb3_m3po.common.callbacks.TaskAwareEvalCallback`).
+    ``evaluations.npz``, see :class:`sb3_m3po.zoo.callbacks.TaskAwareEvalCallback`).
 
     :return: task name -> mean success (or return) of its episodes, None for single-task envs
     """
@@ -1413,7 +1413,7 @@ def summarize(suite: Suite, layout: Layout) -> str:
         lines += [suite.description, ""]
     lines += [
         f"Produced by `python benchmarks/suite.py {suite.name}` from `{shown_path(suite.path)}`: every run is "
-        "`python -m sb3_m3po.train` (rl-zoo3) with the shipped `hyperparams/<algo>.yml` plus the overrides below, "
+        "`python -m sb3_m3po.zoo.train` (rl-zoo3) with the shipped `hyperparams/<algo>.yml` plus the overrides below, "
         "one torch thread per run. Steps and budgets are simulator steps (action repeat counted). Scores come "
         "from deterministic evaluations (rl-zoo3's `evaluations.npz`); the final score is the evaluation at the budget.",
         "",

@@ -114,7 +114,7 @@ def run_one(
     from stable_baselines3.common.env_util import make_vec_env
 
     from sb3_m3po import M3PO
-    from sb3_m3po.common.envs import make_env
+    from sb3_m3po.envs import make_env
 
     cls_name, kwargs, default_measured = ALGOS[algo]
     kwargs = dict(kwargs)

@@ -1,7 +1,7 @@
 """
 Distributed tuning check: two rl-zoo3 tuning workers (separate processes) share one Optuna study on PostgreSQL.
 
-By default a throwaway local PostgreSQL server is started (``sb3_m3po.common.postgres.LocalPostgres``);
+By default a throwaway local PostgreSQL server is started (``tests/postgres.py.LocalPostgres``);
 pass ``--storage postgresql://user:password@host:5432/db`` to use a real shared server (then run this
 script, or the printed worker command, on each machine). Writes ``trials.csv`` and ``summary.md``
 (trial table, commands, wall-clock) to ``--out``.
@@ -19,15 +19,14 @@ import sys
 import time
 
 import optuna
-
-from sb3_m3po.common.postgres import LocalPostgres
+from postgres import LocalPostgres
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tuning")
 
 
 def worker_command(args: argparse.Namespace, storage: str, worker: int) -> list[str]:
     return [
-        sys.executable, "-m", "sb3_m3po.train", "--algo", "m3po", "--env", args.env, "-optimize",
+        sys.executable, "-m", "sb3_m3po.zoo.train", "--algo", "m3po", "--env", args.env, "-optimize",
         "--storage", storage, "--study-name", args.study_name, "--n-trials", str(args.trials_per_worker),
         "--sampler", "tpe", "--pruner", "median", "--n-startup-trials", "2", "-n", str(args.timesteps),
         "--n-evaluations", "2", "--eval-episodes", "3", "--seed", str(worker), "--no-optim-plots",

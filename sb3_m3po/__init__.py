@@ -2,13 +2,10 @@
 
 import os
 
-from sb3_m3po.common.multitask import register_multitask_envs
+from sb3_m3po.envs import make_env, register_envs
 from sb3_m3po.m3po import M3PO, M3POPolicy
-
-# the multi-task ids (m3po/MT10-v0, ...) only name an entry point: registering them is cheap
-register_multitask_envs()
 
 with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["M3PO", "M3POPolicy", "__version__"]
+__all__ = ["M3PO", "M3POPolicy", "__version__", "make_env", "register_envs"]

@@ -17,8 +17,8 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_m3po import M3PO
-from sb3_m3po.common.envs import make_env
 from sb3_m3po.common.signals import StopOnInterrupt, deferred_keyboard_interrupt
+from sb3_m3po.envs import make_env
 from sb3_m3po.m3po.world_model_update import q_guided_prior_step
 
 
@@ -199,7 +199,7 @@ def test_ctrl_c_during_save_still_writes_a_loadable_model(tiny, tmp_path):
 
 
 def test_ctrl_c_while_evaluations_are_written_keeps_the_previous_file(tiny, tmp_path, monkeypatch):
-    from sb3_m3po.common.callbacks import TaskAwareEvalCallback
+    from sb3_m3po.zoo.callbacks import TaskAwareEvalCallback
 
     savez, calls = np.savez, []
 
@@ -239,7 +239,7 @@ def test_replay_buffer_save_load_resumes_with_the_same_data(tiny, tmp_path):
 
 
 def test_resume_checkpoint_holds_model_replay_and_vecnormalize(tiny, tmp_path):
-    from sb3_m3po.common.checkpoints import ResumeCheckpointCallback, latest_checkpoint
+    from sb3_m3po.zoo.checkpoints import ResumeCheckpointCallback, latest_checkpoint
 
     env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2))
     model = M3PO("MlpPolicy", env, **tiny)

@@ -9,21 +9,21 @@ from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_m3po import M3PO
+from sb3_m3po import M3PO, register_envs
 from sb3_m3po.common.buffers import EpisodicReplayBuffer
-from sb3_m3po.common.callbacks import MultiTaskEvalCallback, MultiTaskRolloutLogger, TaskEpisodeStats, evaluate_tasks
 from sb3_m3po.common.math import exploration_bonus, masked_gaussian_log_prob
-from sb3_m3po.common.multitask import (
+from sb3_m3po.common.task_ids import TaskIdCodec
+from sb3_m3po.envs.multitask import (
     MultiTaskEnv,
     configure_task_schedule,
     get_task_set_spec,
     make_multitask_vec_env,
 )
-from sb3_m3po.common.task_ids import TaskIdCodec
-from sb3_m3po.common.task_sets import DMC19_TASKS, resolve_tasks
+from sb3_m3po.envs.task_sets import DMC19_TASKS, resolve_tasks
 from sb3_m3po.m3po.config import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 from sb3_m3po.m3po.world_model_update import world_model_targets
+from sb3_m3po.zoo.callbacks import MultiTaskEvalCallback, MultiTaskRolloutLogger, TaskEpisodeStats, evaluate_tasks
 
 # two tasks with different observation and action sizes and short episodes:
 # Pendulum-v1 (obs 3, action 1 in [-2, 2], 200 steps) and Reacher-v5 (obs 10, action 2, 50 steps)
@@ -323,7 +323,17 @@ def test_multitask_ppo_and_sac_baselines_log_per_task_metrics(tmp_path):
         assert "rollout/Reacher-v5/ep_rew_mean" in header and "rollout/task_mean/ep_rew_mean" in header, algo
 
 
+def test_importing_the_package_registers_no_env_id():
+    import subprocess
+    import sys
+
+    code = "import gymnasium, sb3_m3po; print(sorted(i for i in gymnasium.registry if i.startswith(('m3po/', 'metaworld/'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_registered_id_gives_a_multitask_m3po(tiny):
+    register_envs()
     env = gym.make("m3po/MT10-v0")
     spec = get_task_set_spec(env)
     assert spec is not None and spec.num_tasks == 10 and spec.max_action_dim == 4
@@ -351,7 +361,7 @@ def test_mt10_builds_and_m3po_trains_a_few_hundred_steps(tiny, tmp_path, capsys)
 def test_task_aware_eval_callback_records_the_task_of_every_episode(tiny, tmp_path):
     from stable_baselines3.common.monitor import Monitor
 
-    from sb3_m3po.common.callbacks import TaskAwareEvalCallback
+    from sb3_m3po.zoo.callbacks import TaskAwareEvalCallback
 
     eval_env = DummyVecEnv([lambda: Monitor(MultiTaskEnv(TOY, rank=0, action_repeat=2))])  # cycles the 2 tasks
     callback = TaskAwareEvalCallback(eval_env, eval_freq=64, n_eval_episodes=2, log_path=str(tmp_path), verbose=0)
@@ -364,6 +374,7 @@ def test_task_aware_eval_callback_records_the_task_of_every_episode(tiny, tmp_pa
     assert {"eval/Pendulum-v1/mean_reward", "eval/Reacher-v5/mean_reward", "eval/mean_reward"} <= set(header_of(tmp_path))
 
 
+@pytest.mark.slow
 def test_zoo_trains_sac_on_mt10_with_the_shipped_multitask_entry(tmp_path):
     import os
     import subprocess
@@ -372,14 +383,14 @@ def test_zoo_trains_sac_on_mt10_with_the_shipped_multitask_entry(tmp_path):
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
     args = ["--algo", "sac", "--env", "m3po/MT10-v0", "-n", "40", "-f", str(tmp_path), "--seed", "0"]
     args += ["--eval-freq", "-1", "-params", "learning_starts:20", "gradient_steps:2"]
-    command = [sys.executable, "-m", "sb3_m3po.train", *args]
+    command = [sys.executable, "-m", "sb3_m3po.zoo.train", *args]
     out = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MultiTaskRolloutLogger" in out.stdout and "'n_envs', 10" in out.stdout, "the shipped m3po/MT10-v0 entry was used"
 
 
 def test_per_task_metrics_of_long_task_names_dump_to_every_format(tmp_path, capsys):
-    from sb3_m3po.common.callbacks import record_task_metric
+    from sb3_m3po.zoo.callbacks import record_task_metric
 
     logger = configure(str(tmp_path), ["stdout", "csv"])
     for task in ["button-press-topdown-v3", "button-press-topdown-wall-v3"]:

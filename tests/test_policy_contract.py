@@ -74,10 +74,13 @@ def test_checkpoint_of_the_previous_version_names_the_renamed_settings():
     assert "bonus_coef -> bonus_kwargs['coef']" in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_start_on_a_headless_machine_prints_no_glfw_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY")}
     args = ["--algo", "m3po", "--env", "dm_control/cartpole-swingup-v0", "-n", "16", "-f", str(tmp_path)]
     args += ["--eval-freq", "-1", "-params", "n_envs:1", "n_steps:16", "batch_size:16", "n_epochs:1"]
-    out = subprocess.run([sys.executable, "-m", "sb3_m3po.train", *args], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "sb3_m3po.zoo.train", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLFWError" not in out.stderr and "DISPLAY" not in out.stderr, out.stderr[-2000:]

@@ -64,6 +64,7 @@ def run_runner(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, RUNNER, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
     suite_file = write_suite(tmp_path / "tiny.yml", tiny_suite(tiny))
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -95,7 +96,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         assert record["per_task_final"] is None, "a single-task env has no per-task scores"
         assert record["commit"] and "cores" in record["machine"] and record["device"]
         assert str(tmp_path) not in json.dumps(record), "no machine-specific path in the record"
-        assert record["command"].startswith("python -m sb3_m3po.train --algo ")
+        assert record["command"].startswith("python -m sb3_m3po.zoo.train --algo ")
         assert os.path.isfile(runs / "pendulum" / algo / "seed0" / "train.log")
     with open(results / "raw" / "pendulum" / "m3po_tiny_seed0.json") as f:
         assert "'num_samples': 16" in json.load(f)["command"], "the algorithm's params reach rl-zoo3"
@@ -158,6 +159,7 @@ def test_bad_suite_file_names_the_problem(tmp_path, tiny, change, message):
     assert "bad.yml" in str(error.value)
 
 
+@pytest.mark.slow
 def test_bad_suite_on_the_command_line_is_one_line(tmp_path, tiny):
     (tmp_path / "broken.yml").write_text("seeds: [0]\ntasks: {pendulum: {env: Pendulum-v1\n")
     out = run_runner(str(tmp_path / "broken.yml"), "--runs-dir", str(tmp_path / "runs"))
@@ -192,6 +194,7 @@ def test_shipped_suites_are_valid(name):
             M3PO("MlpPolicy", "Pendulum-v1", device="cpu", **algorithm.params)
 
 
+@pytest.mark.slow
 def test_multitask_suite_reports_every_task(tmp_path, tiny):
     # the registered MT10 id with a 2-task toy set: the same rl-zoo3 path as the MT10 suite, in seconds
     content = {
@@ -248,6 +251,7 @@ def test_evaluations_must_land_on_the_suite_steps_with_several_envs(tmp_path, ti
         suite_runner.check_suite_environment(suite)
 
 
+@pytest.mark.slow
 def test_failed_run_is_reported_and_leaves_no_record(tmp_path, tiny):
     content = tiny_suite(tiny)
     content["algorithms"] = {"m3po_bad": {"algo": "m3po", "params": {**tiny, "n_envs": 1, "bonus_kwargs": {"clip": -1.0}}}}
@@ -261,6 +265,7 @@ def test_failed_run_is_reported_and_leaves_no_record(tmp_path, tiny):
     assert "Finished runs: 0 of 1" in (results / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny):
     content = tiny_suite(tiny)
     content["tasks"]["pendulum"]["sim_steps"] = 1000  # long enough to be stopped after its first checkpoint

@@ -10,8 +10,10 @@ import time
 import optuna
 import pandas as pd
 import pytest
+from postgres import LocalPostgres, find_postgres_bin
 
-from sb3_m3po.common.postgres import LocalPostgres, find_postgres_bin
+# every test here runs rl-zoo3 (and PostgreSQL) in subprocesses
+pytestmark = pytest.mark.slow
 
 # Seed 11 makes rl-zoo3's RandomSampler draw small planners and rollouts first (see the zoo sampler),
 # so a trial takes seconds; the world model stays idle on these budgets (below its learning_starts).
@@ -29,7 +31,7 @@ def child_env() -> dict:
 
 
 def run_train(cwd, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sb3_m3po.train", *args]
+    command = [sys.executable, "-m", "sb3_m3po.zoo.train", *args]
     return subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,7 +42,7 @@ def _default_sigint() -> None:
 
 
 def start_train(cwd, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "sb3_m3po.train", *args]
+    command = [sys.executable, "-m", "sb3_m3po.zoo.train", *args]
     return subprocess.Popen(
         command,
         cwd=cwd,

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 
-from sb3_m3po.train import with_shipped_config
 from sb3_m3po.zoo import hyperparams_dir, shipped_config
+from sb3_m3po.zoo.train import with_shipped_config
 
 TINY_PARAMS = [
     "-params",
@@ -56,10 +57,11 @@ def test_converter_gives_valid_constructor_arguments(tiny):
     assert model.planner_config.num_samples == planner["num_samples"]
 
 
+@pytest.mark.slow
 def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
     log = str(tmp_path / "logs")
     out = run_module(
-        "sb3_m3po.train",
+        "sb3_m3po.zoo.train",
         "--algo",
         "m3po",
         "--env",
@@ -85,11 +87,11 @@ def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
     assert os.path.exists(os.path.join(run_dir, "Pendulum-v1", "config.yml"))
     assert os.path.getsize(os.path.join(run_dir, "learning_curve.png")) > 0
     enjoy = run_module(
-        "sb3_m3po.enjoy", "--algo", "m3po", "--env", "Pendulum-v1", "-f", log, "-n", "20", "--no-render", cwd=str(tmp_path)
+        "sb3_m3po.zoo.enjoy", "--algo", "m3po", "--env", "Pendulum-v1", "-f", log, "-n", "20", "--no-render", cwd=str(tmp_path)
     )
     assert enjoy.returncode == 0, enjoy.stderr[-3000:]
     resumed = run_module(
-        "sb3_m3po.train",
+        "sb3_m3po.zoo.train",
         "--algo",
         "m3po",
         "--env",
@@ -116,10 +118,11 @@ def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
     assert np.isfinite(model.policy.log_std.detach().numpy()).all()
 
 
+@pytest.mark.slow
 def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
     log = str(tmp_path / "logs")
     out = run_module(
-        "sb3_m3po.train",
+        "sb3_m3po.zoo.train",
         "--algo",
         "m3po",
         "--env",
@@ -140,13 +143,14 @@ def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
         assert "DMCWrapper" in f.read(), "the shipped action-repeat wrapper was used"
 
 
+@pytest.mark.slow
 def test_resumable_checkpoints_keep_the_latest_and_resume_with_its_replay(tmp_path):
     from sb3_m3po import M3PO
-    from sb3_m3po.common.checkpoints import latest_checkpoint
+    from sb3_m3po.zoo.checkpoints import latest_checkpoint
 
     log = str(tmp_path / "logs")
     common = ["--algo", "m3po", "--env", "Pendulum-v1", "-f", log, "--eval-freq", "64", "--eval-episodes", "1"]
-    first = run_module("sb3_m3po.train", *common, "-n", "128", "--checkpoint-freq", "64", *TINY_PARAMS, cwd=str(tmp_path))
+    first = run_module("sb3_m3po.zoo.train", *common, "-n", "128", "--checkpoint-freq", "64", *TINY_PARAMS, cwd=str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = os.path.join(log, "m3po", "Pendulum-v1_1", "checkpoints")
     assert sorted(os.listdir(checkpoints)) == ["step_128"], "only the latest checkpoint is kept"
@@ -154,7 +158,7 @@ def test_resumable_checkpoints_keep_the_latest_and_resume_with_its_replay(tmp_pa
     steps, model_path = latest_checkpoint(checkpoints)
     assert steps == 128 and model_path == os.path.join(checkpoints, "step_128", "model.zip")
     resumed = run_module(
-        "sb3_m3po.train", *common, "-n", "64", "-i", model_path, "--save-replay-buffer", *TINY_PARAMS, cwd=str(tmp_path)
+        "sb3_m3po.zoo.train", *common, "-n", "64", "-i", model_path, "--save-replay-buffer", *TINY_PARAMS, cwd=str(tmp_path)
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_dir = os.path.join(log, "m3po", "Pendulum-v1_2")
@@ -165,6 +169,9 @@ def test_resumable_checkpoints_keep_the_latest_and_resume_with_its_replay(tmp_pa
     assert np.load(os.path.join(resumed_dir, "evaluations.npz"))["timesteps"].tolist() == [192]
 
 
+@pytest.mark.slow
 def test_checkpoint_freq_must_be_positive(tmp_path):
-    out = run_module("sb3_m3po.train", "--algo", "m3po", "--env", "Pendulum-v1", "--checkpoint-freq", "0", cwd=str(tmp_path))
+    out = run_module(
+        "sb3_m3po.zoo.train", "--algo", "m3po", "--env", "Pendulum-v1", "--checkpoint-freq", "0", cwd=str(tmp_path)
+    )
     assert out.returncode == 2 and "--checkpoint-freq needs a positive number of steps, got '0'" in out.stderr

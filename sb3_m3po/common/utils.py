@@ -6,6 +6,7 @@ import numpy as np
 import yaml
 from gymnasium import spaces
 from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecNormalize
 
 
 class NonFiniteError(ValueError):
@@ -89,6 +90,32 @@ def real_next_observation(
         else:
             next_obs[i] = terminal
     return next_obs
+
+
+def unnormalized(
+    vec_normalize: VecNormalize | None,
+    last_original_obs: np.ndarray | dict[str, np.ndarray] | None,
+    obs: np.ndarray,
+    next_obs: np.ndarray,
+    dones: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Flat observations and real next observations as the env gave them, before ``VecNormalize`` (the
+    replay normalises with the statistics current when it samples). Terminal observations come
+    normalised in ``infos`` and are mapped back with this step's statistics.
+
+    :param last_original_obs: ``VecNormalize``'s original observation before this step
+    :param obs: ``(n_envs, obs_dim)`` flat observations the policy saw
+    :param next_obs: ``(n_envs, obs_dim)`` flat real next observations (normalised)
+    """
+    if vec_normalize is None or not vec_normalize.norm_obs:
+        return obs, next_obs
+    assert last_original_obs is not None, "VecNormalize's original observation is missing"
+    n_envs = len(obs)
+    original = flatten_observation(vec_normalize.get_original_obs(), n_envs).copy()
+    done_idx = np.flatnonzero(dones)
+    original[done_idx] = vec_normalize.unnormalize_obs(next_obs[done_idx])
+    return flatten_observation(last_original_obs, n_envs), original
 
 
 def load_yaml(path: str) -> Any:

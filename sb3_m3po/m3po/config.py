@@ -38,6 +38,29 @@ def make_config(cls: type[ConfigT], kwargs: "dict[str, Any] | ConfigT | None", a
     return cls(**kwargs)
 
 
+def check_algorithm_arguments(
+    n_steps: int,
+    batch_size: int,
+    n_epochs: int,
+    gamma: float,
+    gae_lambda: float,
+    target_kl: float | None,
+    dual_clip: float | None,
+) -> None:
+    """:raises ValueError: naming the first of M3PO's PPO arguments that is out of range (before SB3 asserts on it)"""
+    for ok, name, value, expected in [
+        (n_steps >= 1, "n_steps", n_steps, "an integer >= 1"),
+        (batch_size >= 2, "batch_size", batch_size, "an integer >= 2"),
+        (n_epochs >= 1, "n_epochs", n_epochs, "an integer >= 1"),
+        (0 < gamma <= 1, "gamma", gamma, "a value in (0, 1]"),
+        (0 <= gae_lambda <= 1, "gae_lambda", gae_lambda, "a value in [0, 1]"),
+        (target_kl is None or target_kl > 0, "target_kl", target_kl, "None or a value > 0"),
+        (dual_clip is None or dual_clip > 1, "dual_clip", dual_clip, "None or a value > 1"),
+    ]:
+        if not ok:
+            raise ValueError(f"Invalid M3PO hyperparameter {name}={value!r}: expected {expected}")
+
+
 @dataclass(frozen=True)
 class PlannerConfig:
     """

@@ -1,8 +1,5 @@
 """M3PO: model-based policy optimisation with an implicit world model, MPPI and a hybrid bonus."""
 
-import io
-import pathlib
-from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -11,29 +8,27 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import save_to_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer
-from sb3_m3po.common.callbacks import TaskEpisodeStats
 from sb3_m3po.common.math import clipped_surrogate
-from sb3_m3po.common.multitask import setup_task_set
-from sb3_m3po.common.signals import deferred_keyboard_interrupt
-from sb3_m3po.common.utils import NonFiniteError, check_finite, flatten_observation, real_next_observation
+from sb3_m3po.common.task_metrics import TaskEpisodeStats
+from sb3_m3po.common.utils import NonFiniteError, check_finite, flatten_observation, real_next_observation, unnormalized
+from sb3_m3po.envs.multitask import setup_task_set
 from sb3_m3po.m3po.bonus import record_bonus, rollout_values
-from sb3_m3po.m3po.config import BonusConfig, PlannerConfig, WorldModelTrainingConfig, make_config
+from sb3_m3po.m3po.config import BonusConfig, PlannerConfig, WorldModelTrainingConfig, check_algorithm_arguments, make_config
 from sb3_m3po.m3po.planner import shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
-from sb3_m3po.m3po.save_util import check_m3po_checkpoint
+from sb3_m3po.m3po.save_util import M3POSaveLoad
 from sb3_m3po.m3po.world_model_update import update_world_model, world_model_optimizer
 
 SelfM3PO = TypeVar("SelfM3PO", bound="M3PO")
 
 
-class M3PO(PPO):
+class M3PO(M3POSaveLoad, PPO):
     """
     Massively Multi-Task Model-Based Policy Optimization (M3PO).
 
@@ -125,17 +120,7 @@ class M3PO(PPO):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        for ok, name, value, expected in [
-            (n_steps >= 1, "n_steps", n_steps, "an integer >= 1"),
-            (batch_size >= 2, "batch_size", batch_size, "an integer >= 2"),
-            (n_epochs >= 1, "n_epochs", n_epochs, "an integer >= 1"),
-            (dual_clip is None or dual_clip > 1, "dual_clip", dual_clip, "None or a value > 1"),
-            (target_kl is None or target_kl > 0, "target_kl", target_kl, "None or a value > 0"),
-            (0 < gamma <= 1, "gamma", gamma, "a value in (0, 1]"),
-            (0 <= gae_lambda <= 1, "gae_lambda", gae_lambda, "a value in [0, 1]"),
-        ]:
-            if not ok:
-                raise ValueError(f"Invalid M3PO hyperparameter {name}={value!r}: expected {expected}")
+        check_algorithm_arguments(n_steps, batch_size, n_epochs, gamma, gae_lambda, target_kl, dual_clip)
         self.planner_config = make_config(PlannerConfig, planner_kwargs, "planner_kwargs")
         self.world_model_config = make_config(WorldModelTrainingConfig, world_model_kwargs, "world_model_kwargs")
         self.bonus_config = make_config(BonusConfig, bonus_kwargs, "bonus_kwargs")
@@ -240,20 +225,6 @@ class M3PO(PPO):
         assert obs is not None and not isinstance(obs, tuple), f"M3PO needs array or dict observations, got {type(obs)}"
         return flatten_observation(obs, self.n_envs)
 
-    def _unnormalized(self, obs_flat: np.ndarray, next_flat: np.ndarray, dones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """
-        Observation and real next observation as the env gave them, before ``VecNormalize``: the replay
-        normalises with the statistics current when it samples. Terminal observations come normalised
-        in ``infos`` and are mapped back with this step's statistics.
-        """
-        vec_norm = self._vec_normalize_env
-        if vec_norm is None or not vec_norm.norm_obs:
-            return obs_flat, next_flat
-        original = self._flat(vec_norm.get_original_obs()).copy()
-        done_idx = np.flatnonzero(dones)
-        original[done_idx] = vec_norm.unnormalize_obs(next_flat[done_idx])
-        return self._flat(self._last_original_obs), original
-
     def collect_rollouts(
         self,
         env: VecEnv,
@@ -304,7 +275,7 @@ class M3PO(PPO):
                 done=dones,
             )
             vec_norm = self._vec_normalize_env
-            original_obs, original_next = self._unnormalized(obs_flat, next_flat, dones)
+            original_obs, original_next = unnormalized(vec_norm, self._last_original_obs, obs_flat, next_flat, dones)
             original_rewards = rewards if vec_norm is None else vec_norm.get_original_reward()
             self.replay_buffer.add(original_obs, original_next, np.clip(actions, -1, 1), original_rewards, terminated, dones)
             self._last_obs = new_obs  # type: ignore[assignment]
@@ -381,7 +352,13 @@ class M3PO(PPO):
             self._n_updates += 1
             if stop:
                 break
-        self._check_prior_finite()
+        if not all(
+            bool(th.isfinite(p).all()) for p in [*policy.actor.parameters(), *policy.value_net.parameters(), policy.log_std]
+        ):
+            raise NonFiniteError(
+                f"M3PO's PPO update made the prior/value parameters non-finite at timestep {self.num_timesteps}. "
+                "Lower target_kl (it stops the epochs earlier), or lower learning_rate / n_epochs."
+            )
         table = th.stack(stats)
         means = table.mean(dim=0).tolist()
         for i, key in enumerate(["policy_gradient_loss", "value_loss", "entropy_loss", "clip_fraction", "approx_kl"]):
@@ -395,16 +372,6 @@ class M3PO(PPO):
         self.logger.record("train/clip_range", clip_range)
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
-
-    def _check_prior_finite(self) -> None:
-        """Name the prior when the PPO epochs made it non-finite (else the NaN first shows in the world model)."""
-        policy = self.policy
-        params = [*policy.actor.parameters(), *policy.value_net.parameters(), policy.log_std]
-        if not all(bool(th.isfinite(p).all()) for p in params):
-            raise NonFiniteError(
-                f"M3PO's PPO update made the prior/value parameters non-finite at timestep {self.num_timesteps}. "
-                "Lower target_kl (it stops the epochs earlier), or lower learning_rate / n_epochs."
-            )
 
     def _update_world_model(self) -> None:
         cfg = self.world_model_config
@@ -443,62 +410,6 @@ class M3PO(PPO):
         if self._task_stats is not None:
             self._task_stats.record(self.logger)
         super().dump_logs(iteration)
-
-    # ------------------------------------------------------------------ save and load
-    def save(
-        self,
-        path: str | pathlib.Path | io.BufferedIOBase,
-        exclude: Iterable[str] | None = None,
-        include: Iterable[str] | None = None,
-    ) -> None:
-        """Save the model as SB3 does, with Ctrl-C held until the file is complete."""
-        with deferred_keyboard_interrupt():
-            super().save(path, exclude, include)
-
-    @classmethod
-    def load(  # type: ignore[override]
-        cls: type[SelfM3PO],
-        path: str | pathlib.Path | io.BufferedIOBase,
-        env: GymEnv | None = None,
-        device: th.device | str = "auto",
-        custom_objects: dict[str, Any] | None = None,
-        print_system_info: bool = False,
-        force_reset: bool = True,
-        **kwargs: Any,
-    ) -> SelfM3PO:
-        """
-        Load an M3PO model saved with :meth:`save`; see SB3's ``BaseAlgorithm.load``.
-
-        :raises ValueError: if the file is not a readable SB3 checkpoint, was saved by another
-            algorithm, or by an sb3-m3po version whose settings have since been renamed
-        """
-        check_m3po_checkpoint(path, M3POPolicy, custom_objects)
-        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
-
-    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """
-        Save the world model's replay buffer as a pickle (not part of :meth:`save`, as in SB3's SAC), so a
-        resumed run (``load`` then ``load_replay_buffer``) trains its world model on the same data.
-        """
-        assert self.replay_buffer is not None, "The replay buffer is not defined"
-        save_to_pkl(path, self.replay_buffer, self.verbose)
-
-    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
-        """
-        Load a replay buffer saved with :meth:`save_replay_buffer`.
-
-        :param truncate_last_traj: treat every env's last stored episode as finished (True, the right
-            choice after ``load()``, since the envs are reset before training continues)
-        :raises ValueError: if the file is unreadable, holds something else, or was made for another
-            observation/action size, ``n_envs`` or number of tasks
-        """
-        policy = self.policy
-        buffer = EpisodicReplayBuffer.load(path, policy.obs_dim, policy.action_dim, self.n_envs, policy.num_tasks)
-        if truncate_last_traj:
-            buffer.truncate_last_trajectory()
-        buffer.device = self.device
-        buffer.balanced = self.world_model_config.balanced_replay and buffer.num_tasks > 1
-        self.replay_buffer = buffer
 
     def learn(
         self: SelfM3PO,

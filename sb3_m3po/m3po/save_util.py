@@ -4,9 +4,15 @@ import io
 import pathlib
 import pickle
 import zipfile
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, ClassVar, TypeVar
 
-from stable_baselines3.common.save_util import load_from_zip_file
+import torch as th
+from stable_baselines3.common.save_util import load_from_zip_file, save_to_pkl
+from stable_baselines3.common.type_aliases import GymEnv
+
+from sb3_m3po.common.buffers import EpisodicReplayBuffer
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
 
 # Settings of sb3-m3po 0.1 that moved into the component settings (or were removed with the
 # experiment switches whose comparisons found no gain), and where they live now
@@ -74,3 +80,78 @@ def check_m3po_checkpoint(
             f"Checkpoint {path!s} was saved by sb3-m3po 0.1, whose settings have since been renamed, so it "
             f"cannot be loaded by this version: {moves}. Retrain with the new names, or load it with sb3-m3po 0.1"
         )
+
+
+SelfSaveLoad = TypeVar("SelfSaveLoad", bound="M3POSaveLoad")
+
+
+class M3POSaveLoad:
+    """
+    Save and load of M3PO (mixed into the algorithm before SB3's ``BaseAlgorithm``): files are checked
+    before SB3 reads them, Ctrl-C waits until a file is complete, and the world model's replay
+    buffer is saved and loaded as SAC's is.
+    """
+
+    # provided by the algorithm this is mixed into
+    policy: Any
+    replay_buffer: EpisodicReplayBuffer
+    world_model_config: Any
+    policy_aliases: ClassVar[dict[str, type]]
+    verbose: int
+    n_envs: int
+    device: th.device
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """Save the model as SB3 does, with Ctrl-C held until the file is complete."""
+        with deferred_keyboard_interrupt():
+            super().save(path, exclude, include)  # type: ignore[misc]
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfSaveLoad],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfSaveLoad:
+        """
+        Load an M3PO model saved with :meth:`save`; see SB3's ``BaseAlgorithm.load``.
+
+        :raises ValueError: if the file is not a readable SB3 checkpoint, was saved by another
+            algorithm, or by an sb3-m3po version whose settings have since been renamed
+        """
+        check_m3po_checkpoint(path, cls.policy_aliases["MlpPolicy"], custom_objects)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)  # type: ignore[misc]
+
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """
+        Save the world model's replay buffer as a pickle (not part of :meth:`save`, as in SB3's SAC), so a
+        resumed run (``load`` then ``load_replay_buffer``) trains its world model on the same data.
+        """
+        assert self.replay_buffer is not None, "The replay buffer is not defined"
+        save_to_pkl(path, self.replay_buffer, self.verbose)
+
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+        """
+        Load a replay buffer saved with :meth:`save_replay_buffer`.
+
+        :param truncate_last_traj: treat every env's last stored episode as finished (True, the right
+            choice after ``load()``, since the envs are reset before training continues)
+        :raises ValueError: if the file is unreadable, holds something else, or was made for another
+            observation/action size, ``n_envs`` or number of tasks
+        """
+        policy = self.policy
+        buffer = EpisodicReplayBuffer.load(path, policy.obs_dim, policy.action_dim, self.n_envs, policy.num_tasks)
+        if truncate_last_traj:
+            buffer.truncate_last_trajectory()
+        buffer.device = self.device
+        buffer.balanced = self.world_model_config.balanced_replay and buffer.num_tasks > 1
+        self.replay_buffer = buffer

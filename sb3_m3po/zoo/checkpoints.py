@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import CheckpointCallback
 
 from sb3_m3po.common.signals import deferred_keyboard_interrupt
 
@@ -40,9 +40,10 @@ def latest_checkpoint(checkpoints: str) -> tuple[int, str] | None:
     return max(found) if found else None
 
 
-class ResumeCheckpointCallback(BaseCallback):
+class ResumeCheckpointCallback(CheckpointCallback):
     """
-    Every ``save_freq`` calls, save a resumable checkpoint and delete the older ones.
+    SB3's ``CheckpointCallback`` (model, replay buffer and VecNormalize statistics) laid out as rl-zoo3's
+    ``-i`` reads it, one folder per checkpoint, marked complete and keeping only the latest.
 
     Put it after the evaluation callback: a checkpoint at step ``N`` then exists only once the
     evaluation at ``N`` is in ``evaluations.npz``, so a resumed run's curve has no gap.
@@ -54,34 +55,34 @@ class ResumeCheckpointCallback(BaseCallback):
     """
 
     def __init__(self, save_freq: int, save_path: str, env_name: str, verbose: int = 0) -> None:
-        super().__init__(verbose)
         assert save_freq > 0, f"save_freq must be a positive number of calls, got {save_freq}"
-        self.save_freq = save_freq
-        self.save_path = save_path
+        super().__init__(save_freq, save_path, save_replay_buffer=True, save_vecnormalize=True, verbose=verbose)
         self.env_name = env_name
+
+    @property
+    def folder(self) -> str:
+        """The checkpoint folder of the current step."""
+        return os.path.join(self.save_path, f"step_{self.num_timesteps}")
+
+    def _checkpoint_path(self, checkpoint_type: str = "", extension: str = "") -> str:
+        names = {"": "model.zip", "replay_buffer_": "replay_buffer.pkl"}
+        if checkpoint_type == "vecnormalize_":
+            os.makedirs(os.path.join(self.folder, self.env_name), exist_ok=True)
+            return os.path.join(self.folder, self.env_name, "vecnormalize.pkl")
+        return os.path.join(self.folder, names[checkpoint_type])
 
     def _on_step(self) -> bool:
         if self.n_calls % self.save_freq == 0:
-            self.save()
+            with deferred_keyboard_interrupt():  # Ctrl-C held until the checkpoint is complete
+                self._save()
         return True
 
-    def save(self) -> str:
-        """Write the checkpoint of the current step (Ctrl-C held until it is complete); return its folder."""
-        with deferred_keyboard_interrupt():
-            return self._save()
-
-    def _save(self) -> str:
-        folder = os.path.join(self.save_path, f"step_{self.num_timesteps}")
+    def _save(self) -> None:
+        folder = self.folder
         if os.path.exists(folder):  # an incomplete attempt at this step
             shutil.rmtree(folder)
         os.makedirs(folder)
-        self.model.save(os.path.join(folder, "model.zip"))
-        if getattr(self.model, "replay_buffer", None) is not None and hasattr(self.model, "save_replay_buffer"):
-            self.model.save_replay_buffer(os.path.join(folder, "replay_buffer.pkl"))
-        vec_normalize = self.model.get_vec_normalize_env()
-        if vec_normalize is not None:
-            os.makedirs(os.path.join(folder, self.env_name), exist_ok=True)
-            vec_normalize.save(os.path.join(folder, self.env_name, "vecnormalize.pkl"))
+        super()._on_step()
         with open(os.path.join(folder, COMPLETE), "w") as f:
             f.write(f"{self.num_timesteps}\n")
         for name in os.listdir(self.save_path):
@@ -90,4 +91,3 @@ class ResumeCheckpointCallback(BaseCallback):
                 shutil.rmtree(os.path.join(self.save_path, name), ignore_errors=True)
         if self.verbose >= 1:
             print(f"Resumable checkpoint at {self.num_timesteps} steps: {folder}")
-        return folder

@@ -1,7 +1,7 @@
 """
 Named task sets of the multi-task benchmarks and the resolution of user task lists to env ids.
 
-Env ids are those of :func:`sb3_m3po.common.envs.make_env`: ``metaworld/<task>-v3`` (Meta-World MT1
+Env ids are those of :func:`sb3_m3po.envs.make_env`: ``metaworld/<task>-v3`` (Meta-World MT1
 of one task), ``dm_control/<domain>-<task>-v0`` (shimmy) or any gymnasium id.
 """
 

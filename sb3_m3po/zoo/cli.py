@@ -10,11 +10,11 @@ def main() -> None:
         sys.exit(2)
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "train":
-        from sb3_m3po.train import main as train
+        from sb3_m3po.zoo.train import main as train
 
         train(rest)
     elif command == "enjoy":
-        from sb3_m3po.enjoy import main as enjoy
+        from sb3_m3po.zoo.enjoy import main as enjoy
 
         enjoy(rest)
     else:

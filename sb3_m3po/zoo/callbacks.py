@@ -4,91 +4,28 @@ Per-task metrics of multi-task training: rollout statistics per task and an eval
 Logger keys: ``rollout/<task>/ep_rew_mean``, ``rollout/<task>/success_rate`` and their means over
 tasks ``rollout/task_mean/ep_rew_mean``, ``rollout/task_mean/success_rate``; ``eval/<task>/mean_reward``,
 ``eval/<task>/success_rate``, ``eval/mean_reward``, ``eval/success_rate`` (means over tasks).
-Task names are those of :func:`sb3_m3po.common.task_sets.task_names` (``reach-v3``, ``cartpole-swingup-v0``).
+Task names are those of :func:`sb3_m3po.envs.task_sets.task_names` (``reach-v3``, ``cartpole-swingup-v0``).
 """
 
 import os
-from collections import deque
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, EventCallback
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_m3po.common.multitask import (
+from sb3_m3po.common.signals import deferred_keyboard_interrupt
+from sb3_m3po.common.task_metrics import TaskEpisodeStats, record_task_metric
+from sb3_m3po.envs.multitask import (
     TaskSetSpec,
     configure_task_schedule,
     get_task_set_spec,
     make_multitask_vec_env,
 )
-from sb3_m3po.common.signals import deferred_keyboard_interrupt
-
-
-def record_task_metric(logger: Logger, prefix: str, task: str, metric: str, value: float) -> None:
-    """
-    Record ``<prefix>/<task>/<metric>`` for the machine-readable outputs only (tensorboard, CSV, JSON).
-
-    SB3's console table cuts keys at 36 characters, so two metrics of a long task name
-    (``button-press-topdown-wall-v3``) would end in the same cut key and make ``logger.dump`` raise;
-    and 50 tasks would bury the table. The console keeps the means over tasks.
-
-    :param logger: the logger to record into
-    :param prefix: the section, e.g. ``eval``
-    :param task: the task's name
-    :param metric: the metric's name
-    :param value: its value
-    """
-    logger.record(f"{prefix}/{task}/{metric}", value, exclude="stdout")
-
-
-class TaskEpisodeStats:
-    """
-    The last ``window`` episode returns and successes of every task, from the infos of a multi-task VecEnv.
-
-    An episode counts when its final info holds ``"episode"`` (SB3's ``Monitor``) and ``"task"``
-    (:class:`~sb3_m3po.common.multitask.MultiTaskEnv`); its success is the final ``is_success``.
-
-    :param task_names: name of every task
-    :param window: episodes kept per task
-    """
-
-    def __init__(self, task_names: Sequence[str], window: int = 100) -> None:
-        self.task_names = tuple(task_names)
-        self.returns: list[deque[float]] = [deque(maxlen=window) for _ in self.task_names]
-        self.successes: list[deque[float]] = [deque(maxlen=window) for _ in self.task_names]
-
-    def update(self, infos: Sequence[dict[str, Any]], dones: np.ndarray) -> None:
-        """Add the episodes that ended at this step (only the finished envs are visited)."""
-        for i in np.flatnonzero(dones):
-            info = infos[int(i)]
-            task, episode = info.get("task"), info.get("episode")
-            if task is None or episode is None:
-                continue
-            self.returns[task].append(float(episode["r"]))
-            success = info.get("is_success")
-            if success is not None:
-                self.successes[task].append(float(success))
-
-    def record(self, logger: Logger, prefix: str = "rollout") -> None:
-        """Record ``<prefix>/<task>/ep_rew_mean``, ``<prefix>/<task>/success_rate`` and the means over tasks with data."""
-        means, rates = [], []
-        for name, returns, successes in zip(self.task_names, self.returns, self.successes):
-            if returns:
-                means.append(float(np.mean(returns)))
-                record_task_metric(logger, prefix, name, "ep_rew_mean", means[-1])
-            if successes:
-                rates.append(float(np.mean(successes)))
-                record_task_metric(logger, prefix, name, "success_rate", rates[-1])
-        if means:
-            logger.record(f"{prefix}/task_mean/ep_rew_mean", float(np.mean(means)))
-        if rates:
-            logger.record(f"{prefix}/task_mean/success_rate", float(np.mean(rates)))
 
 
 class MultiTaskRolloutLogger(BaseCallback):
@@ -96,9 +33,9 @@ class MultiTaskRolloutLogger(BaseCallback):
     Per-task rollout metrics (see :class:`TaskEpisodeStats`) for any SB3 algorithm on a multi-task VecEnv.
 
     Also spreads cycling envs over the tasks at the start of training
-    (:func:`~sb3_m3po.common.multitask.configure_task_schedule`), so that ``n_envs = num_tasks``
+    (:func:`~sb3_m3po.envs.multitask.configure_task_schedule`), so that ``n_envs = num_tasks``
     envs of a registered id such as ``m3po/MT10-v0`` each keep one task. M3PO does both itself.
-    Usable from rl-zoo3 hyperparameters: ``callback: sb3_m3po.common.callbacks.MultiTaskRolloutLogger``.
+    Usable from rl-zoo3 hyperparameters: ``callback: sb3_m3po.zoo.callbacks.MultiTaskRolloutLogger``.
 
     :param window: episodes per task in the means
     :param verbose: verbosity level
@@ -113,7 +50,7 @@ class MultiTaskRolloutLogger(BaseCallback):
         spec = get_task_set_spec(self.training_env)
         if spec is None:
             raise ValueError(
-                "MultiTaskRolloutLogger needs a multi-task env (sb3_m3po.common.multitask.MultiTaskEnv, e.g. m3po/MT10-v0)"
+                "MultiTaskRolloutLogger needs a multi-task env (sb3_m3po.envs.multitask.MultiTaskEnv, e.g. m3po/MT10-v0)"
             )
         configure_task_schedule(self.training_env)
         self.stats = TaskEpisodeStats(spec.names, self.window)
@@ -147,7 +84,7 @@ def evaluate_tasks(
     Run ``n_eval_episodes`` episodes of every task of a multi-task env and return them per task.
 
     :param model: any SB3 model trained on the env's observation and action spaces
-    :param eval_env: multi-task VecEnv (:func:`~sb3_m3po.common.multitask.make_multitask_vec_env`, one env per
+    :param eval_env: multi-task VecEnv (:func:`~sb3_m3po.envs.multitask.make_multitask_vec_env`, one env per
         task, or envs that cycle through the tasks)
     :param n_eval_episodes: episodes per task
     :param deterministic: deterministic actions
@@ -160,7 +97,7 @@ def evaluate_tasks(
         raise ValueError(f"n_eval_episodes must be >= 1, got {n_eval_episodes}")
     spec = get_task_set_spec(eval_env)
     if spec is None:
-        raise ValueError("evaluate_tasks needs a multi-task eval env (sb3_m3po.common.multitask.MultiTaskEnv)")
+        raise ValueError("evaluate_tasks needs a multi-task eval env (sb3_m3po.envs.multitask.MultiTaskEnv)")
     num_tasks = spec.num_tasks
     returns: list[list[float]] = [[] for _ in range(num_tasks)]
     lengths: list[list[int]] = [[] for _ in range(num_tasks)]
@@ -217,7 +154,7 @@ class MultiTaskEvalCallback(EventCallback):
     (success NaN for tasks without one) and ``task_names``.
 
     :param eval_env: multi-task VecEnv to evaluate on; None builds one env per task of the training
-        env's task set (fixed tasks, :func:`~sb3_m3po.common.multitask.make_multitask_vec_env`)
+        env's task set (fixed tasks, :func:`~sb3_m3po.envs.multitask.make_multitask_vec_env`)
     :param eval_freq: evaluate every this many environment steps (<= 0: only at the end of training)
     :param n_eval_episodes: episodes per task
     :param deterministic: deterministic actions
@@ -281,7 +218,7 @@ class MultiTaskEvalCallback(EventCallback):
             self.eval_env = make_multitask_vec_env(spec.env_ids, seed=self.seed, action_repeat=repeat)
         self.spec = get_task_set_spec(self.eval_env)
         if self.spec is None:
-            raise ValueError("MultiTaskEvalCallback needs a multi-task eval env (sb3_m3po.common.multitask.MultiTaskEnv)")
+            raise ValueError("MultiTaskEvalCallback needs a multi-task eval env (sb3_m3po.envs.multitask.MultiTaskEnv)")
         for path in (self.log_path and os.path.dirname(self.log_path), self.best_model_save_path):
             if path:
                 os.makedirs(path, exist_ok=True)

@@ -20,22 +20,14 @@ from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from sb3_m3po.common.envs import make_env
 from sb3_m3po.common.task_ids import TaskIdCodec
-from sb3_m3po.common.task_sets import resolve_tasks, task_names
+from sb3_m3po.envs.factory import make_env
+from sb3_m3po.envs.task_sets import resolve_tasks, task_names
 
 # Every Meta-World v3 task has a 39-dim observation and a 4-dim action in [-1, 1] (SawyerXYZEnv);
 # knowing this avoids building ~0.5 s / 23 MB envs just to read their spaces. Checked when a task env is built.
 METAWORLD_OBS_DIM = 39
 METAWORLD_ACTION_DIM = 4
-
-# Gym ids registered by :func:`register_multitask_envs`: id -> task set (all with action repeat 2)
-MULTITASK_ENV_IDS: dict[str, str] = {
-    "m3po/MT10-v0": "MT10",
-    "m3po/MT50-v0": "MT50",
-    "m3po/DMC19-v0": "DMC19",
-    "m3po/MT50-DMC19-v0": "MT50-DMC19",
-}
 
 # Order of construction of cycling envs in this process: their start task when neither a rank
 # nor a reset seed says otherwise (DummyVecEnv builds its envs in rank order)
@@ -82,7 +74,7 @@ def task_dims(env_id: str) -> tuple[int, int]:
 
 
 def task_set_spec(tasks: str | Sequence[str]) -> TaskSetSpec:
-    """:class:`TaskSetSpec` of a named task set or a list of env ids (see :func:`~sb3_m3po.common.task_sets.resolve_tasks`)."""
+    """:class:`TaskSetSpec` of a named task set or a list of env ids (see :func:`~sb3_m3po.envs.task_sets.resolve_tasks`)."""
     env_ids = resolve_tasks(tasks)
     dims = [task_dims(env_id) for env_id in env_ids]
     return TaskSetSpec(env_ids, task_names(env_ids), tuple(d[0] for d in dims), tuple(d[1] for d in dims))
@@ -260,22 +252,6 @@ class MultiTaskEnv(gym.Env):
         self._envs.clear()
 
 
-def register_multitask_envs() -> None:
-    """
-    Register the gym ids of :data:`MULTITASK_ENV_IDS` (``m3po/MT10-v0``, ...); cheap, safe to call more than once.
-
-    ``gym.make("m3po/MT10-v0")`` gives one env cycling through the ten tasks (action repeat 2);
-    ``kwargs`` of ``gym.make`` reach :class:`MultiTaskEnv` (e.g. ``action_repeat=1``).
-    """
-    for env_id, task_set in MULTITASK_ENV_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id,
-                entry_point="sb3_m3po.common.multitask:MultiTaskEnv",
-                kwargs={"tasks": task_set, "action_repeat": 2},
-            )
-
-
 def make_multitask_vec_env(
     tasks: str | Sequence[str],
     n_envs_per_task: int = 1,
@@ -293,7 +269,7 @@ def make_multitask_vec_env(
     Every env is wrapped in :class:`~stable_baselines3.common.monitor.Monitor` (recording
     ``is_success``, ``task`` in its CSV when ``monitor_dir`` is set).
 
-    :param tasks: a task set name or a list of env ids (see :func:`~sb3_m3po.common.task_sets.resolve_tasks`)
+    :param tasks: a task set name or a list of env ids (see :func:`~sb3_m3po.envs.task_sets.resolve_tasks`)
     :param n_envs_per_task: envs per task
     :param vec_env_cls: ``DummyVecEnv`` or ``SubprocVecEnv``
     :param seed: env ``i`` is reset with ``seed + i`` (and its action space seeded likewise)

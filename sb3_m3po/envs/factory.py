@@ -1,0 +1,42 @@
+"""Build one env from an id: DMControl (through shimmy), Meta-World MT1 or any gymnasium id, with action repeat."""
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from sb3_m3po.envs.registration import register_envs
+from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SuccessInfo
+
+
+def make_metaworld(task: str, seed: int | None = None, **kwargs: Any) -> gym.Env:
+    """Meta-World MT1 task (v3) with float32 observations and ``info["is_success"]``."""
+    import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+    env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
+    return gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
+
+
+def make_env(env_id: str, action_repeat: int = 1, seed: int | None = None, **kwargs: Any) -> gym.Env:
+    """
+    Build one env from an id: ``dm_control/<domain>-<task>-v0``, ``metaworld/<task>-v3``
+    (Meta-World MT1) or any gymnasium id.
+
+    DMControl Dict observations are flattened to float32. Meta-World success is
+    reported as ``info["is_success"]``.
+
+    :param env_id: the env id
+    :param action_repeat: simulator steps per agent decision
+    :param seed: seed of Meta-World's task sampling
+    """
+    if env_id.startswith("dm_control/"):
+        register_envs()
+        return DMCWrapper(gym.make(env_id, **kwargs), action_repeat)
+    if env_id.startswith("metaworld/"):
+        register_envs()
+        env = gym.make(env_id, seed=seed, **kwargs)
+    else:
+        env = gym.make(env_id, **kwargs)
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
+    return env
