@@ -75,7 +75,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -84,6 +84,7 @@ import numpy as np
 import yaml
 
 from sb3_m3po.common.utils import load_yaml
+from sb3_m3po.m3po.save_util import migrate_settings
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
@@ -303,7 +304,7 @@ class RunRecord:
     :param run_folder: the rl-zoo3 run folder (models, ``evaluations.npz``, tensorboard)
     :param peak_rss_mib: peak resident memory of the training process (``VmHWM``; None where not measured)
     :param per_task_final: multi-task envs: final score of every task (task name -> score), None otherwise
-    :param relabelled: set by ``--relabel``: the algorithm name and spec the run was made under, and why
+    :param relabelled: records of earlier versions: the algorithm name and spec the run was made under, and why it was renamed
         they were changed afterwards (e.g. a package default changed to the value the run had set)
     :param resumed_at: simulator steps at which the run was continued from a checkpoint after being cut
         off (None: trained in one go); ``wall_seconds`` then sums all its segments, repeated work included
@@ -815,6 +816,14 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def current_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A record's spec with M3PO settings of sb3-m3po 0.1 under their current names (``RENAMED_SETTINGS``)."""
+    params = spec.get("params")
+    if spec.get("algo") != "m3po" or not params:
+        return spec
+    return {**spec, "params": migrate_settings(params)}
+
+
 def load_record(path: str) -> RunRecord:
     with open(path) as f:
         raw = json.load(f)
@@ -920,7 +929,7 @@ def plan_runs(
                 if not os.path.exists(path):
                     todo.append(run)
                     continue
-                if load_record(path).spec != run.spec():
+                if current_spec(load_record(path).spec) != run.spec():
                     raise SuiteError(
                         f"{run.label} has a finished record ({shown_path(path)}) made with another configuration than "
                         f"suite file '{os.path.basename(suite.path)}' now gives; delete it and its .csv to run it again"
@@ -1222,7 +1231,7 @@ def collect_results(suite: Suite, layout: Layout) -> tuple[dict[tuple[str, str],
             pattern = os.path.join(layout.results, "raw", task.name, f"{algorithm.name}_seed*.json")
             for path in sorted(glob.glob(pattern)):
                 record = load_record(path)
-                if record.spec != Run(task, algorithm, record.seed).spec():
+                if current_spec(record.spec) != Run(task, algorithm, record.seed).spec():
                     notes.append(f"{shown_path(path)} (made with another configuration)")
                     continue
                 steps, scores = read_curve_csv(path[: -len(".json")] + ".csv")
@@ -1240,26 +1249,39 @@ def _aligned(runs: list[_Result]) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.stack([np.interp(grid, r.steps, r.scores) for r in runs])
 
 
+# the main figure's algorithms, each with the same colour in every suite
+MAIN_ALGORITHMS = ("m3po", "ppo", "sac", "crossq")
+
+
 def _colors(suite: Suite) -> dict[str, Any]:
+    """A colour of its own for every algorithm of the suite (tab10, then the light shades of tab20)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
-    return {name: cmap(i % 10) for i, name in enumerate(suite.algorithms)}
+    palette = list(matplotlib.colormaps["tab10"].colors) + list(matplotlib.colormaps["tab20"].colors[1::2])
+    names = [n for n in MAIN_ALGORITHMS if n in suite.algorithms] + [n for n in suite.algorithms if n not in MAIN_ALGORITHMS]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
-def plot_learning_curves(suite: Suite, results: dict[tuple[str, str], list[_Result]], path: str) -> None:
-    """One panel per task: mean score over seeds with a 95 % bootstrap band, and the published 100k values."""
+def plot_learning_curves(
+    suite: Suite,
+    results: dict[tuple[str, str], list[_Result]],
+    path: str,
+    algorithms: Sequence[str],
+    references: bool = True,
+    title: str = "",
+) -> None:
+    """One panel per task: mean over seeds with a 95 % bootstrap band of ``algorithms``, and the published 100k values."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    tasks = [t for t in suite.tasks.values() if any((t.name, a) in results for a in suite.algorithms)]
+    tasks = [t for t in suite.tasks.values() if any((t.name, a) in results for a in algorithms)]
     ncols = 2 if len(tasks) == 4 else min(len(tasks), 3)
     nrows = -(-len(tasks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     colors = _colors(suite)
     handles: dict[str, Any] = {}
     for ax, task in zip(axes.flat, tasks):
-        for algorithm in suite.algorithms:
+        for algorithm in algorithms:
             runs = results.get((task.name, algorithm))
             if not runs:
                 continue
@@ -1268,16 +1290,16 @@ def plot_learning_curves(suite: Suite, results: dict[tuple[str, str], list[_Resu
             (line,) = ax.plot(grid, mean, color=colors[algorithm], lw=1.8)
             ax.fill_between(grid, low, high, color=colors[algorithm], alpha=0.2, lw=0)
             handles[algorithm] = line
-        references = REFERENCE_100K.get(task.env, {})
+        published = REFERENCE_100K.get(task.env, {}) if references else {}
         for name, marker, color in zip(PLOTTED_REFERENCES, ("*", "D"), ("black", "dimgray")):
-            if name not in references:
+            if name not in published:
                 continue
             label = f"{name} published, 100k"
             if task.sim_steps >= REFERENCE_STEPS:
                 size = 12 if marker == "*" else 7
-                (handles[label],) = ax.plot([REFERENCE_STEPS], [references[name]], marker, color=color, ms=size, zorder=5)
+                (handles[label],) = ax.plot([REFERENCE_STEPS], [published[name]], marker, color=color, ms=size, zorder=5)
             else:  # the budget ends before 100k: show the level instead of a point off the axis
-                handles[label] = ax.axhline(references[name], color=color, ls=":" if marker == "*" else "--", lw=1)
+                handles[label] = ax.axhline(published[name], color=color, ls=":" if marker == "*" else "--", lw=1)
         ax.set_title(f"{task.name} (action repeat {task.action_repeat})", fontsize=10)
         ax.set_xlabel("simulator steps")
         ax.set_ylabel("success rate" if task.score == "success" else "episode return")
@@ -1289,7 +1311,7 @@ def plot_learning_curves(suite: Suite, results: dict[tuple[str, str], list[_Resu
     fig.legend(
         handles.values(), handles.keys(), loc="lower center", ncol=-(-len(handles) // legend_rows), fontsize=9, frameon=False
     )
-    fig.suptitle(f"suite {suite.name}: mean over seeds, 95 % bootstrap CI", fontsize=11)
+    fig.suptitle(f"suite {suite.name}{title}: mean over seeds, 95 % bootstrap CI", fontsize=11)
     fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.06 / nrows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1478,8 +1500,15 @@ def summarize(suite: Suite, layout: Layout) -> str:
         lines.append("No algorithm has runs on every task yet.")
     lines += [f"* {note}" for note in aggregate_notes]
     if results:
-        plot_learning_curves(suite, results, os.path.join(layout.results, "learning_curves.png"))
+        # M3PO and the baselines; a suite of variants only (no baseline) shows them all
+        main = [a for a in MAIN_ALGORITHMS if a in suite.algorithms] or list(suite.algorithms)
+        plot_learning_curves(suite, results, os.path.join(layout.results, "learning_curves.png"), main)
         lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
+        others = [a for a in suite.algorithms if a not in main and any(k[1] == a for k in results)]
+        if others and "m3po" in main:
+            path = os.path.join(layout.results, "ablations.png")
+            plot_learning_curves(suite, results, path, ["m3po", *others], references=False, title=" (ablations, diagnostics)")
+            lines += ["", "Ablations and diagnostics, with `m3po` for reference:", "", "![ablations](ablations.png)"]
     lines += ["", "## Algorithms", "", "| name | rl-zoo3 algo | overrides of hyperparams/<algo>.yml |", "|---|---|---|"]
     for algorithm in suite.algorithms.values():
         overrides = ", ".join(f"`{k}={v!r}`" for k, v in algorithm.params.items()) or "none"
@@ -1647,7 +1676,11 @@ def _runs_section(suite: Suite, results: dict[tuple[str, str], list[_Result]], m
                 )
     relabelled = [(task, r.record) for (task, _), runs in results.items() for r in runs if r.record.relabelled]
     if relabelled:
-        lines += ["", "Relabelled runs (`--relabel`; their `command` in the record is the one that ran):", ""]
+        lines += [
+            "",
+            "Relabelled runs (renamed by an earlier runner; their `command` is the one that ran):",
+            "",
+        ]
         lines += [f"* {task} seed {rec.seed}: {rec.relabelled}" for task, rec in relabelled]
     resumed = [(task, r.record) for (task, _), runs in results.items() for r in runs if r.record.resumed_at]
     if resumed:
@@ -1713,132 +1746,6 @@ def _write_runs_csv(suite: Suite, results: dict[tuple[str, str], list[_Result]],
 # Command line
 
 
-def relabel(suite: Suite, layout: Layout, old: str, new: str, because: str) -> list[str]:
-    """
-    Give the finished runs of algorithm ``old`` the name and spec of algorithm ``new`` of the suite file.
-
-    For when a package default changes: the runs of a variant that set the new default explicitly become
-    runs of the default, and those of the default become runs of a variant that sets the old value. The
-    caller vouches that the two configurations are the same; the record keeps the old name, the old spec
-    and ``because`` in ``relabelled``, its ``command`` stays the command that ran.
-
-    :param suite: the suite (``new`` must be one of its algorithms)
-    :param layout: its folders
-    :param old: algorithm name of the records to rename
-    :param new: algorithm name they get
-    :param because: why the configurations are the same
-    :return: the records written
-    :raises SuiteError: if ``new`` is not in the suite, ``because`` is empty, there is nothing to relabel, or a
-        record of ``new`` already exists (nothing is renamed then)
-    """
-    if new not in suite.algorithms:
-        raise SuiteError(
-            f"--relabel: '{new}' is not an algorithm of suite '{suite.name}'{_did_you_mean(new, list(suite.algorithms))}"
-        )
-    if not because.strip():
-        raise SuiteError("--relabel needs --because: why the two configurations are the same")
-    moves = []
-    for path in sorted(glob.glob(os.path.join(layout.results, "raw", "*", f"{old}_seed*.json"))):
-        record = load_record(path)
-        target = os.path.join(os.path.dirname(path), f"{new}_seed{record.seed}.json")
-        if os.path.exists(target):
-            raise SuiteError(f"--relabel: {shown_path(target)} exists; nothing was renamed")
-        moves.append((path, target, record))
-    if not moves:
-        raise SuiteError(f"--relabel: no records of '{old}' under {shown_path(os.path.join(layout.results, 'raw'))}")
-    written = []
-    for path, target, record in moves:
-        spec = Run(suite.tasks[record.task], suite.algorithms[new], record.seed).spec()
-        note = f"made as '{old}' with spec params {record.spec.get('params')}; relabelled '{new}': {because}"
-        if record.relabelled:  # a second relabel keeps the history of the first
-            note = f"{record.relabelled}; then {note}"
-        record = dataclasses.replace(record, algorithm=new, spec=spec, relabelled=note)
-        with open(path[: -len(".json")] + ".csv") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            row["algorithm"] = new
-        curve = io.StringIO()
-        writer = csv.DictWriter(curve, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        _write_atomic(target[: -len(".json")] + ".csv", curve.getvalue())
-        _write_atomic(target, json.dumps(dataclasses.asdict(record), indent=1) + "\n")
-        os.remove(path[: -len(".json")] + ".csv")
-        os.remove(path)
-        written.append(target)
-    _relabel_report_rows(suite, layout, old, new, {(r.task, r.seed) for _, _, r in moves})
-    return written
-
-
-def _relabel_report_rows(suite: Suite, layout: Layout, old: str, new: str, runs: set[tuple[str, int]]) -> None:
-    """
-    Rename the relabelled runs' rows in the per-run reports of the results folder (``ppo_health.csv``, ...).
-
-    Their run folders are not committed, so a later report could not rebuild these rows. A row is a run's
-    when its algorithm and seed match and its ``task`` is the run's, or is no task of the suite (a
-    multi-task report names the tasks inside the env).
-    """
-
-    def is_relabelled(row: dict[str, str]) -> bool:
-        task = row.get("task")
-        seeds = {seed for run_task, seed in runs if task == run_task or task not in suite.tasks}
-        return row["algorithm"] == old and row["seed"].isdigit() and int(row["seed"]) in seeds
-
-    for path in sorted(glob.glob(os.path.join(layout.results, "*.csv"))):
-        if os.path.basename(path) == "runs.csv":
-            continue  # rewritten by the summary
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), reader.fieldnames or []
-        if not {"algorithm", "seed"} <= set(columns):
-            continue
-        changed = False
-        for row in rows:
-            if is_relabelled(row):
-                row["algorithm"], changed = new, True
-        if changed:
-            table = io.StringIO()
-            writer = csv.DictWriter(table, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-            _write_atomic(path, table.getvalue())
-        report = path[: -len(".csv")] + ".md"
-        if os.path.exists(report):
-            with open(report) as f:
-                text = f.read()
-            renamed = _rename_markdown_rows(text, is_relabelled, new)
-            if renamed != text:
-                _write_atomic(report, renamed)
-
-
-def _rename_markdown_rows(text: str, is_relabelled: Callable[[dict[str, str]], bool], new: str) -> str:
-    """
-    Set the ``algorithm`` cell of the rows of every markdown table in ``text`` that ``is_relabelled`` picks.
-
-    A report's ``.md`` holds the same rows as its ``.csv``; without this the two would disagree after
-    ``--relabel``. Tables without ``algorithm`` and ``seed`` columns are left alone.
-
-    :param text: the markdown
-    :param is_relabelled: picks a row, given its cells by column name
-    :param new: the algorithm name the picked rows get
-    :return: the markdown with those cells replaced
-    """
-    lines, columns = text.split("\n"), None
-    for i, line in enumerate(lines):
-        if not line.startswith("|"):
-            columns = None
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if columns is None:
-            columns = cells
-        elif {"algorithm", "seed"} <= set(columns) and len(cells) == len(columns) and not set(cells[0]) <= set("-: "):
-            row = dict(zip(columns, cells))
-            if is_relabelled(row):
-                cells[columns.index("algorithm")] = new
-                lines[i] = "| " + " | ".join(cells) + " |"
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/suite.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1860,12 +1767,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results-dir", help="results folder (default benchmarks/results/<suite>)")
     parser.add_argument("--runs-dir", help="folder of the rl-zoo3 runs (default benchmarks/runs/<suite>)")
-    parser.add_argument(
-        "--relabel",
-        metavar="OLD=NEW",
-        help="give the finished runs of algorithm OLD the name NEW (see --because)",
-    )
-    parser.add_argument("--because", default="", help="with --relabel: why OLD's runs are runs of NEW's configuration")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo, for the env checks here and in the runs
     try:
@@ -1877,11 +1778,7 @@ def main(argv: list[str] | None = None) -> int:
             os.path.abspath(args.runs_dir or os.path.join(RUNS_DIR, suite.name)),
         )
         failed: list[str] = []
-        if args.relabel:
-            old, _, new = args.relabel.partition("=")
-            for path in relabel(suite, layout, old, new, args.because):
-                print(f"relabelled: {shown_path(path)}")
-        elif not args.summarize:
+        if not args.summarize:
             check_suite_environment(suite)
             with suite_lock(layout.runs):
                 finished, todo = plan_runs(suite, layout, args.only_tasks, args.only_algos, args.seeds)

@@ -1,7 +1,7 @@
 """
 Distributed tuning check: two rl-zoo3 tuning workers (separate processes) share one Optuna study on PostgreSQL.
 
-By default a throwaway local PostgreSQL server is started (``tests/postgres.py.LocalPostgres``);
+By default a throwaway local PostgreSQL server is started (``LocalPostgres`` of the tests, ``tests/postgres.py``);
 pass ``--storage postgresql://user:password@host:5432/db`` to use a real shared server (then run this
 script, or the printed worker command, on each machine). Writes ``trials.csv`` and ``summary.md``
 (trial table, commands, wall-clock) to ``--out``.
@@ -19,7 +19,9 @@ import sys
 import time
 
 import optuna
-from postgres import LocalPostgres
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from postgres import LocalPostgres  # the test helper that starts a throwaway server
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tuning")
 

@@ -51,6 +51,22 @@ RENAMED_SETTINGS: dict[str, str] = {
 }
 
 
+def migrate_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """
+    M3PO keyword arguments of sb3-m3po 0.1 under their current names (``{"bonus_coef": 0}`` becomes
+    ``{"bonus_kwargs": {"coef": 0}}``); removed settings and current names are kept as they are.
+    """
+    migrated: dict[str, Any] = {}
+    for name, value in params.items():
+        home = RENAMED_SETTINGS.get(name)
+        if home is None or home.startswith("removed"):
+            migrated[name] = value
+            continue
+        group, key = home.split("[")
+        migrated.setdefault(group, {})[key.strip("'] ")] = value
+    return migrated
+
+
 def check_m3po_checkpoint(
     path: str | pathlib.Path | io.BufferedIOBase, policy_base: type, custom_objects: dict[str, Any] | None = None
 ) -> None:
