@@ -420,11 +420,4 @@ class M3PO(M3POSaveLoad, PPO):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfM3PO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)

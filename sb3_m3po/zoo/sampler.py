@@ -10,6 +10,9 @@ def sample_m3po_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     Optuna search space of M3PO: planner size and horizon, bonus, world-model lr and update ratio,
     Q guidance, PPO's lr, clip, epochs and n_steps.
 
+    rl-zoo3 updates the env's hyperparameters with the returned dict, so a sampled ``planner_kwargs``,
+    ``world_model_kwargs`` or ``bonus_kwargs`` replaces the one of the yml entry as a whole.
+
     :return: constructor kwargs (see :func:`convert_m3po_params`)
     """
     trial.suggest_int("horizon", 1, 5)
