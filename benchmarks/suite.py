@@ -105,22 +105,19 @@ from resume import (  # noqa: E402  (same folder)
     write_segments,
 )
 
-# Published scores at 100k simulator steps, mean of 3 seeds (DMC: episode return out of 1000;
-# Meta-World: success rate, measured on the v2 tasks while we run v3). Source: the result files of
-# the TD-MPC2 repository (Hansen et al., arXiv 2310.16828), as collected in section 5 of the design
-# brief (M3PO_DESIGN.md). Keyed by our env id. The brief reads their step axis as simulator steps, but
-# TD-MPC2's public trainer counts agent decisions and its DMControl and Meta-World wrappers repeat each
-# action twice, so the files' 100k mark may be 200k simulator steps; the gap section says so.
-REFERENCE_100K: dict[str, dict[str, float]] = {
-    "dm_control/cartpole-swingup-v0": {"TD-MPC2": 839.0, "SAC": 835.0, "DreamerV3": 677.0},
-    "dm_control/pendulum-swingup-v0": {"TD-MPC2": 724.0, "SAC": 96.0, "DreamerV3": 699.0},
-    "dm_control/reacher-easy-v0": {"TD-MPC2": 937.0, "SAC": 540.0, "DreamerV3": 872.0},
-    "dm_control/finger-spin-v0": {"TD-MPC2": 948.0, "SAC": 762.0, "DreamerV3": 328.0},
-    "dm_control/cheetah-run-v0": {"TD-MPC2": 519.0, "SAC": 310.0, "DreamerV3": 336.0},
-    "metaworld/reach-v3": {"TD-MPC2": 0.63, "SAC": 0.27, "DreamerV3": 0.05},
-    "metaworld/drawer-open-v3": {"TD-MPC2": 1.0, "SAC": 0.0, "DreamerV3": 0.02},
-    "metaworld/button-press-topdown-v3": {"TD-MPC2": 1.0, "SAC": 0.17, "DreamerV3": 0.43},
-}
+
+# Published scores at 100k simulator steps (benchmarks/references.csv, with their sources), keyed by our
+# env id. TD-MPC2's result files count simulator steps: its trainer counts decisions, and the action
+# repeat is applied before the files are written (maintainer's answer, nicklashansen/tdmpc2 issue #45).
+def _load_references(path: str) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            table.setdefault(row["env"], {})[row["method"]] = float(row["score"])
+    return table
+
+
+REFERENCE_100K = _load_references(os.path.join(os.path.dirname(os.path.abspath(__file__)), "references.csv"))
 REFERENCE_STEPS = 100_000
 # The published values drawn as markers on the learning curves.
 PLOTTED_REFERENCES = ("TD-MPC2", "SAC")
@@ -1356,7 +1353,9 @@ def aggregate_scores(
         # arch deprecates RandomState seeding, but rliable 1.2 offers no other way to make the CIs reproducible
         warnings.simplefilter("ignore", FutureWarning)
         for name, matrix in matrices.items():
-            # a fresh stream per algorithm: one shared stream would move every CI when another algorithm is added
+            # a fresh stream per algorithm: one shared stream would move every CI when another algorithm is added.
+            # rliable's StratifiedBootstrap draws its indices from numpy's global generator, not from random_state
+            np.random.seed(0)
             estimate = rly.get_interval_estimates(
                 {name: matrix},
                 lambda m: np.array([metrics.aggregate_iqm(m), metrics.aggregate_mean(m)]),
@@ -1621,12 +1620,8 @@ def _gap_section(suite: Suite, results: dict[tuple[str, str], list[_Result]]) ->
         "Only tasks whose budget is 100k simulator steps are compared."
         + (" Meta-World references were measured on v2." if any(t.env.startswith("metaworld/") for t in tasks) else ""),
         "",
-        "How the published steps count: TD-MPC2's public trainer (`tdmpc2/trainer/online_trainer.py`) adds one "
-        "step per agent decision, and its DMControl and Meta-World wrappers (`tdmpc2/envs/dmcontrol.py`, "
-        "`tdmpc2/envs/metaworld.py`) repeat every action twice. If the result files come from that code, their "
-        "100k mark is 200k simulator steps (100k decisions): twice the simulator steps of the runs here, and "
-        "on DMControl twice their decisions too, so these gaps would understate M3PO. The published SAC values "
-        "come from the same files.",
+        "TD-MPC2's result files count simulator steps (its action repeat is applied before they are written: "
+        "nicklashansen/tdmpc2 issue #45), so the comparison at 100k simulator steps is like for like.",
         "",
         "| task | TD-MPC2 | " + " | ".join(suite.algorithms) + " |",
         "|---" * (len(suite.algorithms) + 2) + "|",

@@ -368,3 +368,15 @@ def test_report_keeps_committed_rows_of_runs_it_cannot_read(tmp_path):
         "| b | 0 | 0.5 |",
         "end",
     ]
+
+
+def test_aggregate_confidence_intervals_are_reproducible():
+    # rliable's bootstrap draws from numpy's global generator; the committed summaries must regenerate exactly
+    suite = suite_runner.load_suite("dmc")
+    layout = suite_runner.Layout(os.path.join(REPO, "benchmarks", "results", "dmc"), os.path.join(REPO, "benchmarks", "runs"))
+    results, _ = suite_runner.collect_results(suite, layout)
+    _, first, _ = suite_runner.aggregate_scores(suite, results)
+    np.random.seed(12345)
+    np.random.random(1000)
+    _, second, _ = suite_runner.aggregate_scores(suite, results)
+    assert first and first == second
