@@ -10,6 +10,7 @@ from stable_baselines3.common.logger import Logger
 
 from sb3_m3po.common.buffers import M3PORolloutBuffer
 from sb3_m3po.common.math import exploration_bonus, group_mean_std
+from sb3_m3po.common.task_metrics import record_task_metric
 from sb3_m3po.m3po.config import BonusConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
@@ -67,4 +68,4 @@ def record_bonus(logger: Logger, values: RolloutValues, coef: float, task_names:
     present = th.bincount(values.task, minlength=num_tasks) > 0
     for k in present.nonzero().flatten().tolist():
         for metric, table in (("bonus_mean", means), ("bonus_std", stds), ("bonus_normalised_mean", normalised)):
-            logger.record(f"train/{task_names[k]}/{metric}", float(table[k]), exclude="stdout")
+            record_task_metric(logger, "train", task_names[k], metric, float(table[k]))
