@@ -1,0 +1,1 @@
+"""The benchmark suite runner: suite files, runs, executors and reports (CLI: ``benchmarks/suite.py``)."""

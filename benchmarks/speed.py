@@ -1,0 +1,209 @@
+"""
+Speed of M3PO: the planner alone (planned actions/s, achieved GFLOP/s) and training (env steps/s, split).
+
+``planner``: one ``policy.act`` per call on random observations, per model preset, planner budget and
+n_envs; matmul FLOPs of a call are counted by ``torch.utils.flop_counter.FlopCounterMode`` (they depend on
+the shapes only), so FLOPs / measured time is the achieved rate. ``train``: each algorithm trains in this
+process on one env; after a warm-up (every algorithm past its ``learning_starts``) the wall-clock is split by
+wrapping the methods doing the work: ``env`` (``VecEnv.step``), ``act`` (M3PO: the MPPI planner; PPO: the
+policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. Each mode writes
+``<out>/<mode>_<label>.json`` and ``.md``.
+
+Usage::
+
+    python benchmarks/speed.py planner --presets cpu 5M --planners cpu paper --n-envs 1 8 64 256 1024
+    python benchmarks/speed.py train --env dm_control/cartpole-swingup-v0 --algos m3po sac ppo --steps 2048
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import torch as th
+from runner.runs import code_version, device_description, machine_description, write_atomic
+from torch.utils.flop_counter import FlopCounterMode
+
+from sb3_m3po.m3po.config import PlannerConfig
+from sb3_m3po.m3po.policies import M3POPolicy
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
+# "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
+PLANNERS = {
+    "cpu": PlannerConfig(),
+    "paper": PlannerConfig(num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
+}
+
+
+def seconds_per_call(fn: Callable[[], Any], device: str, min_seconds: float) -> float:
+    """Mean wall-clock of ``fn`` after three warm-up calls, over at least ``min_seconds`` (CUDA synchronised)."""
+    sync = th.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < min_seconds:
+        fn()
+        calls += 1
+        if calls % 5 == 0:
+            sync()
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+def planner_row(preset: str, planner: str, n_envs: int, args: argparse.Namespace) -> dict[str, Any]:
+    th.manual_seed(0)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (args.act_dim,), np.float32)
+
+    def policy(compiled: bool) -> M3POPolicy:
+        made = M3POPolicy(
+            obs_space, act_space, lambda _: 3e-4, model_size=preset, planner=PLANNERS[planner], torch_compile=compiled
+        )
+        return made.to(args.device).eval()
+
+    timed, eager = policy(args.compile), policy(False)  # the FLOP counter sees no ops inside compiled graphs
+    obs, plan = th.randn(n_envs, args.obs_dim, device=args.device), timed.initial_plan(n_envs)
+    with th.inference_mode(), FlopCounterMode(display=False) as counter:
+        eager.act(obs, plan)
+
+    def act() -> None:
+        with th.inference_mode():
+            timed.act(obs, plan)
+
+    seconds = seconds_per_call(act, args.device, args.min_seconds)
+    flops = counter.get_total_flops()
+    return {
+        "preset": preset,
+        "planner": planner,
+        "compiled": args.compile,
+        "n_envs": n_envs,
+        "ms_per_call": 1e3 * seconds,
+        "planned_actions_per_s": n_envs / seconds,
+        "gflop_per_call": flops / 1e9,
+        "achieved_gflop_per_s": flops / seconds / 1e9,
+    }
+
+
+class Stopwatch:
+    """Wall-clock seconds per named bucket of wrapped methods (a nested call counts in the outer bucket only)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.active = False
+
+    def wrap(self, obj: object, method: str, bucket: str) -> None:
+        original = getattr(obj, method)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.active:
+                return original(*args, **kwargs)
+            self.active, start = True, time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.active = False
+                self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - start
+
+        setattr(obj, method, timed)
+
+
+def train_row(algo: str, args: argparse.Namespace) -> dict[str, Any]:
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_m3po import M3PO
+    from sb3_m3po.envs import make_env
+
+    n_envs = args.n_envs if algo == "m3po" else 1  # SB3's defaults: one env
+    env = make_vec_env(lambda: make_env(args.env), n_envs=n_envs, seed=0)
+    kwargs = {"policy_kwargs": {"model_size": args.preset, "torch_compile": args.compile}} if algo == "m3po" else {}
+    model = {"m3po": M3PO, "ppo": PPO, "sac": SAC}[algo]("MlpPolicy", env, seed=0, device=args.device, **kwargs)
+    watch = Stopwatch()
+    watch.wrap(env, "step", "env")
+    watch.wrap(model, "train", "update")
+    watch.wrap(model.policy, "act" if algo == "m3po" else "forward", "act")
+    if algo == "sac":
+        watch.wrap(model, "predict", "act")
+    marks: list[tuple[int, float, dict[str, float]]] = []
+
+    class Mark(BaseCallback):
+        def _on_rollout_start(self) -> None:
+            if not marks and self.num_timesteps >= args.warmup:
+                marks.append((self.num_timesteps, time.perf_counter(), dict(watch.seconds)))
+
+        def _on_step(self) -> bool:
+            return True
+
+    per_rollout = getattr(model, "n_steps", 1) * model.n_envs  # on-policy algorithms end on a rollout boundary
+    model.learn((-(-args.warmup // per_rollout) + -(-args.steps // per_rollout)) * per_rollout, callback=Mark())
+    steps, start, before = marks[0]
+    steps, wall = model.num_timesteps - steps, time.perf_counter() - start
+    split = {k: v - before.get(k, 0.0) for k, v in watch.seconds.items()}
+    split["other"] = wall - sum(split.values())
+    return {
+        "env": args.env,
+        "algo": algo,
+        "n_envs": n_envs,
+        "measured_env_steps": steps,
+        "env_steps_per_s": steps / wall,
+        **{f"s_per_1k_steps_{k}": 1e3 * split.get(k, 0.0) / steps for k in ("env", "act", "update", "other")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["planner", "train"])
+    parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the planner rollouts / world-model loss")
+    parser.add_argument("--label", default="", help="names the output files (default: the device)")
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--presets", nargs="+", default=["cpu", "5M"], help="planner: model presets")
+    parser.add_argument("--planners", nargs="+", choices=list(PLANNERS), default=["cpu", "paper"])
+    parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 8, 64, 256, 1024])
+    parser.add_argument("--obs-dim", type=int, default=5, help="planner: observation size (5: cartpole-swingup)")
+    parser.add_argument("--act-dim", type=int, default=1)
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="planner: time each row at least this long")
+    parser.add_argument("--env", default="dm_control/cartpole-swingup-v0", help="train: env id")
+    parser.add_argument("--algos", nargs="+", choices=["m3po", "ppo", "sac"], default=["m3po", "sac", "ppo"])
+    parser.add_argument("--preset", default="cpu", help="train: M3PO's model preset")
+    parser.add_argument("--steps", type=int, default=2048, help="train: env steps measured after the warm-up")
+    parser.add_argument("--warmup", type=int, default=1024, help="train: env steps before the measurement")
+    args = parser.parse_args(argv)
+    th.set_num_threads(args.threads)
+    if args.mode == "planner":
+        combos = [(p, q, n) for p in args.presets for q in args.planners for n in args.n_envs]
+        rows = [planner_row(*combo, args) for combo in combos]
+    else:
+        args.n_envs = args.n_envs[0] if len(args.n_envs) == 1 else 8  # M3PO's shipped 8 envs unless one is given
+        rows = [train_row(algo, args) for algo in args.algos]
+    label = args.label or args.device.split(":")[0]
+    header = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_description(),
+        "device": device_description(args.device),
+        "threads": args.threads,
+        "commit": code_version(),
+    }
+    path = os.path.join(args.out, f"{args.mode}_{label}")
+    write_atomic(path + ".json", json.dumps({**header, "rows": rows}, indent=1) + "\n")
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+    text = f"# Speed: {args.mode}\n\n`{header['command']}`; {header['machine']}, {header['device']}, "
+    text += f"{args.threads} torch thread(s), commit {header['commit']}.\n\n{table}\n"
+    write_atomic(path + ".md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
