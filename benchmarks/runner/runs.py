@@ -106,7 +106,9 @@ def device_description(device: str) -> str:
 
     if device == "auto":
         device = "cuda" if th.cuda.is_available() else "cpu"
-    return f"{device} ({th.cuda.get_device_name(th.device(device))})" if device.startswith("cuda") else device
+    if device.startswith("cuda") and th.cuda.is_available():
+        return f"{device} ({th.cuda.get_device_name(th.device(device))})"
+    return device
 
 
 def zoo_command(
@@ -298,8 +300,9 @@ def train_run(
             start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         try:
+            stop = stop or threading.Event()  # never set: a plain one-second wait
             while process.poll() is None:
-                if (stop or threading.Event()).wait(1.0):
+                if stop.wait(1.0):
                     raise KeyboardInterrupt
                 segment.peak_rss_mib = _peak_rss_mib(process.pid) or segment.peak_rss_mib
                 if time.monotonic() - written > 30:
