@@ -51,7 +51,7 @@ def check_algorithm_arguments(
     for ok, name, value, expected in [
         (n_steps >= 1, "n_steps", n_steps, "an integer >= 1"),
         (batch_size >= 2, "batch_size", batch_size, "an integer >= 2"),
-        (n_epochs >= 1, "n_epochs", n_epochs, "an integer >= 1"),
+        (n_epochs >= 0, "n_epochs", n_epochs, "an integer >= 0 (0: no PPO update)"),
         (0 < gamma <= 1, "gamma", gamma, "a value in (0, 1]"),
         (0 <= gae_lambda <= 1, "gae_lambda", gae_lambda, "a value in [0, 1]"),
         (target_kl is None or target_kl > 0, "target_kl", target_kl, "None or a value > 0"),
@@ -242,6 +242,53 @@ class WorldModelTrainingConfig:
         if self.gradient_steps >= 0:
             return self.gradient_steps
         return max(1, round(self.update_ratio * transitions))
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """
+    How the policy prior learns from the Q ensemble (``prior_kwargs``), besides PPO's epochs. The
+    step itself follows each world-model step and is weighted by ``world_model_kwargs["prior_q_coef"]``.
+
+    :param objective: ``"mean"``: ascend ``Q(z, mu(z))`` on the prior mean, Q divided by a running mean of
+        ``|Q|``, with the PPO optimizer. ``"sample"``: TD-MPC2's policy loss: ascend ``Q`` at a
+        reparameterised tanh-squashed sample plus ``entropy_coef`` times the Gaussian entropy scaled by the
+        action size, Q divided by a running 5-95 percentile range, with an Adam of its own
+    :param state_std: the prior's std is an output of its MLP (bounded in ``[exp(log_std_min),
+        exp(log_std_max)]``, as TD-MPC2's) instead of one learned parameter per action dim (SB3's PPO)
+    :param target_action: action of the TD targets and of the planner's terminal value: ``"mean"`` (the
+        prior mean) or ``"sample"`` (a squashed prior sample, as TD-MPC2)
+    :param entropy_coef: entropy weight of the ``"sample"`` objective
+    :param learning_rate: Adam learning rate of the ``"sample"`` objective
+    :param log_std_min: lower bound of a state-dependent log std
+    :param log_std_max: upper bound of a state-dependent log std
+    """
+
+    objective: str = "mean"
+    state_std: bool = False
+    target_action: str = "mean"
+    entropy_coef: float = 1e-4
+    learning_rate: float = 3e-4
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check(
+            [
+                (self.objective in ("mean", "sample"), f"objective must be 'mean' or 'sample', got {self.objective!r}"),
+                (
+                    self.target_action in ("mean", "sample"),
+                    f"target_action must be 'mean' or 'sample', got {self.target_action!r}",
+                ),
+                (self.entropy_coef >= 0, f"entropy_coef must be >= 0, got {self.entropy_coef}"),
+                (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+                (
+                    self.log_std_min < self.log_std_max,
+                    f"need log_std_min < log_std_max, got {self.log_std_min}, {self.log_std_max}",
+                ),
+            ],
+            "prior",
+        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from sb3_m3po.common.task_metrics import TaskEpisodeStats
 from sb3_m3po.common.utils import NonFiniteError, check_finite, flatten_observation, real_next_observation, unnormalized
 from sb3_m3po.envs.multitask import setup_task_set
 from sb3_m3po.m3po.bonus import record_bonus, rollout_values
-from sb3_m3po.m3po.config import BonusConfig, PlannerConfig, WorldModelTrainingConfig, check_algorithm_arguments, make_config
+from sb3_m3po.m3po.config import (
+    BonusConfig,
+    PlannerConfig,
+    PriorConfig,
+    WorldModelTrainingConfig,
+    check_algorithm_arguments,
+    make_config,
+)
 from sb3_m3po.m3po.planner import shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
 from sb3_m3po.m3po.save_util import M3POSaveLoad
@@ -55,7 +62,7 @@ class M3PO(M3POSaveLoad, PPO):
     :param n_steps: steps per env per rollout (M3PO plans all envs in one batch; its shipped
         configurations use 8 envs)
     :param batch_size: PPO minibatch size
-    :param n_epochs: PPO epochs per rollout
+    :param n_epochs: PPO epochs per rollout (0: no PPO update; the prior then learns from Q alone)
     :param gamma: discount factor (also of the planner and the TD targets)
     :param gae_lambda: GAE lambda
     :param clip_range: PPO clip range (or a schedule)
@@ -73,6 +80,7 @@ class M3PO(M3POSaveLoad, PPO):
     :param planner_kwargs: MPPI settings, see :class:`~sb3_m3po.m3po.config.PlannerConfig`
     :param world_model_kwargs: world-model training, see :class:`~sb3_m3po.m3po.config.WorldModelTrainingConfig`
     :param bonus_kwargs: exploration bonus, see :class:`~sb3_m3po.m3po.config.BonusConfig`
+    :param prior_kwargs: how the prior learns from Q, see :class:`~sb3_m3po.m3po.config.PriorConfig`
     :param stats_window_size: window of the rollout statistics
     :param tensorboard_log: tensorboard log folder (None: off)
     :param policy_kwargs: arguments of :class:`~sb3_m3po.m3po.policies.M3POPolicy` (``model_size``,
@@ -112,6 +120,7 @@ class M3PO(M3POSaveLoad, PPO):
         planner_kwargs: dict[str, Any] | None = None,
         world_model_kwargs: dict[str, Any] | None = None,
         bonus_kwargs: dict[str, Any] | None = None,
+        prior_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -124,6 +133,7 @@ class M3PO(M3POSaveLoad, PPO):
         self.planner_config = make_config(PlannerConfig, planner_kwargs, "planner_kwargs")
         self.world_model_config = make_config(WorldModelTrainingConfig, world_model_kwargs, "world_model_kwargs")
         self.bonus_config = make_config(BonusConfig, bonus_kwargs, "bonus_kwargs")
+        self.prior_config = make_config(PriorConfig, prior_kwargs, "prior_kwargs")
         super().__init__(
             policy,  # type: ignore[arg-type]  # PPO's annotation names ActorCriticPolicy; M3POPolicy stands in for it
             env,
@@ -150,6 +160,7 @@ class M3PO(M3POSaveLoad, PPO):
         )
         self.dual_clip, self.use_planner = dual_clip, use_planner
         self.planner_kwargs, self.world_model_kwargs, self.bonus_kwargs = planner_kwargs, world_model_kwargs, bonus_kwargs
+        self.prior_kwargs = prior_kwargs
         self._q_scale = 1.0  # running |Q| of the Q-guided prior step
         self.task_names: tuple[str, ...] | None = None
         self._task_stats: TaskEpisodeStats | None = None
@@ -189,6 +200,7 @@ class M3PO(M3POSaveLoad, PPO):
             gamma=self.gamma,
             planner=self.planner_config,
             use_planner=self.use_planner,
+            prior=self.prior_config,
             **self.policy_kwargs,
         )
         self.policy = self.policy.to(self.device)
@@ -218,7 +230,10 @@ class M3PO(M3POSaveLoad, PPO):
         return [*super()._excluded_save_params(), "_plan", "_last_original_obs", "_task_stats"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        return ["policy", "policy.optimizer", "wm_optimizer"], []
+        optimizers = ["policy.optimizer", "wm_optimizer"]
+        if self.prior_config.objective == "sample":
+            optimizers.append("policy.prior_optimizer")
+        return ["policy", *optimizers], []
 
     # ------------------------------------------------------------------ 1. plan and step, store
     def _flat(self, obs: VecEnvObs | None) -> np.ndarray:
@@ -304,7 +319,8 @@ class M3PO(M3POSaveLoad, PPO):
     # ------------------------------------------------------------------ 4. PPO epochs, 5. world-model update
     def train(self) -> None:
         """PPO epochs on the prior and value function, then world-model gradient steps."""
-        self._ppo_epochs()
+        if self.n_epochs > 0:
+            self._ppo_epochs()
         self._update_world_model()
 
     def _ppo_epochs(self) -> None:

@@ -1,5 +1,6 @@
 """M3PO policy: world model, policy prior, value function and MPPI planner behind SB3's policy API."""
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,7 +16,7 @@ from sb3_m3po.common.layers import mlp
 from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob
 from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
-from sb3_m3po.m3po.config import PlannerConfig, make_config, model_config
+from sb3_m3po.m3po.config import PlannerConfig, PriorConfig, make_config, model_config
 from sb3_m3po.m3po.planner import MPPIPlanner, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
 
@@ -61,6 +62,7 @@ class M3POPolicy(BasePolicy):
         action); the other action dimensions are masked in the prior, the planner and execution
     :param planner: MPPI settings (a :class:`~sb3_m3po.m3po.config.PlannerConfig` or its kwargs)
     :param use_planner: plan with MPPI (True) or act with the prior alone (False)
+    :param prior: how the prior learns from Q (a :class:`~sb3_m3po.m3po.config.PriorConfig` or its kwargs)
     :param optimizer_class: optimizer of the prior/value
     :param optimizer_kwargs: extra optimizer arguments
     :param torch_compile: run the planner's model rollouts and the world-model loss (forward and
@@ -89,6 +91,7 @@ class M3POPolicy(BasePolicy):
         task_action_dims: list[int] | None = None,
         planner: PlannerConfig | dict[str, Any] | None = None,
         use_planner: bool = True,
+        prior: PriorConfig | dict[str, Any] | None = None,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         torch_compile: bool = False,
@@ -121,6 +124,7 @@ class M3POPolicy(BasePolicy):
         self.net_arch, self.activation_fn, self.log_std_init = net_arch, activation_fn, log_std_init
         self.planner_config = make_config(PlannerConfig, planner, "planner_kwargs")
         self.use_planner = use_planner
+        self.prior_config = make_config(PriorConfig, prior, "prior_kwargs")
         self.obs_dim = check_observation_space(observation_space)
         self.action_dim = int(np.prod(action_space.shape))
         self.num_tasks = num_tasks
@@ -164,7 +168,8 @@ class M3POPolicy(BasePolicy):
         self.world_model = WorldModel(self.obs_dim - self.codec.width, self.action_dim, cfg, self.num_tasks)
         in_dim = cfg.latent_dim + self.world_model.task_dim
         pi_layers, vf_layers = self._hidden_layers()
-        self.actor = mlp(in_dim, pi_layers, self.action_dim, activation_fn=self.activation_fn)
+        prior_outputs = 2 * self.action_dim if self.prior_config.state_std else self.action_dim
+        self.actor = mlp(in_dim, pi_layers, prior_outputs, activation_fn=self.activation_fn)
         self.value_net = mlp(in_dim, vf_layers, 1, activation_fn=self.activation_fn)
         self.log_std = nn.Parameter(th.full((self.action_dim,), self.log_std_init))
         # Small initial prior means, as SB3 does for PPO's action head
@@ -184,6 +189,12 @@ class M3POPolicy(BasePolicy):
         self.register_buffer("action_masks", masks, persistent=False)
         prior_params = [*self.actor.parameters(), *self.value_net.parameters(), self.log_std]
         self.optimizer = self.optimizer_class(prior_params, lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        # the "sample" objective's steps get their own Adam, as TD-MPC2's policy: its gradient statistics
+        # are those of the Q objective alone, whatever PPO does with the shared parameters
+        self.prior_optimizer: th.optim.Adam | None = None
+        if self.prior_config.objective == "sample":
+            actor_params = [*self.actor.parameters(), self.log_std]
+            self.prior_optimizer = th.optim.Adam(actor_params, lr=self.prior_config.learning_rate, eps=1e-5)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -198,6 +209,7 @@ class M3POPolicy(BasePolicy):
             task_action_dims=self.task_action_dims,
             planner=self.planner_config,
             use_planner=self.use_planner,
+            prior=self.prior_config,
             torch_compile=self.torch_compile,
             lr_schedule=self._dummy_schedule,
         )
@@ -222,15 +234,41 @@ class M3POPolicy(BasePolicy):
         return self.world_model.reward(z, action, task)
 
     def terminal_value(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor:
-        return self.world_model.q_value(z, self.prior_mean(z, task), task, generator=generator)
+        return self.world_model.q_value(z, self.target_action(z, task, generator), task, generator=generator)
 
     def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor:
-        mean = self.prior_mean(z, task)
+        mean, std = self.prior_mean_std(z, task)
         noise = th.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         mask = self.action_mask(task)
         if mask is not None:
             noise = noise * mask
-        return mean + self.log_std.exp() * noise
+        return mean + std * noise
+
+    def target_action(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None = None) -> th.Tensor:
+        """The action at which the TD targets and the planner's terminal value read Q (``prior_kwargs['target_action']``)."""
+        if self.prior_config.target_action == "mean":
+            return self.prior_mean(z, task)
+        return self.squashed_sample(z, task, generator)[0]
+
+    def squashed_sample(
+        self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None = None
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        A reparameterised sample ``tanh(u + sigma * eps)`` of the prior (``u`` the pre-tanh mean), and the entropy of
+        the Gaussian before the squash times the number of valid action dims (TD-MPC2's scaled entropy), ``(..., 1)``.
+        """
+        pre_mean, log_std = self._prior_head(z, task)
+        eps = th.randn(pre_mean.shape, generator=generator, device=pre_mean.device, dtype=pre_mean.dtype)
+        mask = self.action_mask(task)
+        log_density = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+        if mask is None:
+            dims = th.full_like(log_density[..., :1], self.action_dim)
+        else:
+            eps, log_density, dims = eps * mask, log_density * mask, mask.sum(-1, keepdim=True)
+        action = th.tanh(pre_mean + eps * log_std.exp())
+        if mask is not None:
+            action = action * mask
+        return action, -log_density.sum(-1, keepdim=True) * dims
 
     # --- prior and value
     def _head_input(self, z: th.Tensor, task: th.Tensor | None) -> th.Tensor:
@@ -238,21 +276,35 @@ class M3POPolicy(BasePolicy):
         # world-model losses shape the encoder and the embedding
         return self.world_model.with_task(z, task).detach()
 
-    def prior_mean(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
-        """Prior mean in ``[-1, 1]``, 0 on the masked action dims of multi-task policies."""
+    def _prior_head(self, z: th.Tensor, task: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
+        """Pre-tanh mean and log std of the prior, ``(..., action_dim)`` each."""
+        out = self.actor(self._head_input(z, task))
+        if not self.prior_config.state_std:
+            return out, self.log_std.expand_as(out)
+        pre_mean, raw_log_std = out.chunk(2, dim=-1)
+        low, high = self.prior_config.log_std_min, self.prior_config.log_std_max
+        return pre_mean, low + 0.5 * (high - low) * (th.tanh(raw_log_std) + 1)
+
+    def prior_mean_std(self, z: th.Tensor, task: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor]:
+        """Prior mean in ``[-1, 1]`` (0 on the masked action dims of multi-task policies) and std."""
         # tanh keeps the mean inside the action bounds: the planner's terminal value and the TD
         # targets evaluate Q at this action, and Q is only trained on executed (in-bounds) actions
-        mean = th.tanh(self.actor(self._head_input(z, task)))
+        pre_mean, log_std = self._prior_head(z, task)
+        mean = th.tanh(pre_mean)
         mask = self.action_mask(task)
-        return mean if mask is None else mean * mask
+        return (mean if mask is None else mean * mask), log_std.exp()
+
+    def prior_mean(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor:
+        """Prior mean in ``[-1, 1]``, 0 on the masked action dims of multi-task policies."""
+        return self.prior_mean_std(z, task)[0]
 
     def prior_distribution(self, z: th.Tensor, task: th.Tensor | None = None) -> Normal:
         """
         The prior Gaussian over all action dims; use :meth:`prior_log_prob` and :meth:`prior_entropy`,
         which count the valid dims only.
         """
-        mean = self.prior_mean(z, task)
-        return Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
+        mean, std = self.prior_mean_std(z, task)
+        return Normal(mean, std, validate_args=False)
 
     def prior_log_prob(self, dist: Normal, actions: th.Tensor, task: th.Tensor | None) -> th.Tensor:
         """Log-probability of ``actions`` summed over the task's valid action dims."""

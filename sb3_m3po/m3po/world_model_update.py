@@ -43,7 +43,8 @@ def world_model_targets(
     policy: M3POPolicy, batch: ReplaySamples, task: th.Tensor | None, gamma: float
 ) -> tuple[th.Tensor, th.Tensor]:
     """
-    Consistency targets ``sg(h(s_{t+1}))`` and TD targets ``r + gamma (1 - term) min Q_target(z', mu(z'))``.
+    Consistency targets ``sg(h(s_{t+1}))`` and TD targets ``r + gamma (1 - term) min Q_target(z', a')``, ``a'``
+    the prior's target action (its mean, or a sample: ``prior_kwargs['target_action']``).
 
     Both carry no gradient: the stop-gradient is on the target side of the consistency loss,
     so the encoder learns only through the predicted (online) latents.
@@ -52,7 +53,7 @@ def world_model_targets(
     """
     wm = policy.world_model
     target_z = wm.encode(batch.next_observations, task)
-    next_q = wm.q_value(target_z, policy.prior_mean(target_z, task), task, target=True, reduce="min")
+    next_q = wm.q_value(target_z, policy.target_action(target_z, task), task, target=True, reduce="min")
     td_targets = batch.rewards + gamma * (1.0 - batch.terminated) * next_q
     if not th.isfinite(td_targets).all():
         raise NonFiniteError(
@@ -71,32 +72,49 @@ def q_guided_prior_step(
     q_scale: float,
 ) -> float:
     """
-    One step of the prior mean up the Q ensemble, on the latents of a world-model batch.
+    One step of the prior up the Q ensemble, on the latents of a world-model batch (``prior_kwargs['objective']``).
 
-    The loss is ``-prior_q_coef * rho^t Q(z_t, mu(z_t)) / max(scale, 1)``, TD-MPC2's policy loss on
-    the mean, with ``scale`` a running mean of ``|Q|`` so the step does not depend on the reward
-    scale. It uses the PPO optimizer of the prior: both updates move the same parameters, and
-    with one Adam each step is normalised by the gradient scale of both, so the few PPO epochs of
-    a rollout are not inflated relative to the many Q steps (or the reverse).
+    ``"mean"``: the loss is ``-prior_q_coef * rho^t Q(z_t, mu(z_t)) / max(scale, 1)``, TD-MPC2's policy loss
+    on the mean, with ``scale`` a running mean of ``|Q|`` so the step does not depend on the reward scale. It
+    uses the PPO optimizer of the prior: both updates move the same parameters, and with one Adam each step is
+    normalised by the gradient scale of both, so the few PPO epochs of a rollout are not inflated relative to
+    the many Q steps (or the reverse).
+    ``"sample"``: TD-MPC2's policy loss, ``-prior_q_coef * rho^t (Q(z_t, a_t) / scale + entropy_coef * H_t)`` with
+    ``a_t`` a reparameterised squashed sample, ``H_t`` its scaled entropy and ``scale`` a running 5-95
+    percentile range of Q (at least 1), stepped by the prior's own Adam.
 
     :param latents: ``(H, B, L)`` latents of the batch (detached here)
-    :return: the updated running ``|Q|`` scale
+    :return: the updated running Q scale
     """
-    wm = policy.world_model
+    wm, prior = policy.world_model, policy.prior_config
     latents = latents.detach()
+    sample = prior.objective == "sample"
     wm.q_ensemble.requires_grad_(False)
     try:
-        q = wm.q_value(latents, policy.prior_mean(latents, task), task)  # (H, B, 1)
+        if sample:
+            action, entropy = policy.squashed_sample(latents, task)
+        else:
+            action, entropy = policy.prior_mean(latents, task), th.zeros(())
+        q = wm.q_value(latents, action, task)  # (H, B, 1)
     finally:
         wm.q_ensemble.requires_grad_(True)
-    q_scale = 0.99 * q_scale + 0.01 * float(q.detach().abs().mean())
+    if sample:
+        low, high = th.quantile(q[0].detach().flatten(), th.tensor([0.05, 0.95], device=q.device)).tolist()
+        q_scale = 0.99 * q_scale + 0.01 * max(high - low, 1.0)
+    else:
+        q_scale = 0.99 * q_scale + 0.01 * float(q.detach().abs().mean())
     horizon = latents.shape[0]
     weights = config.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
-    loss = -config.prior_q_coef * (q * weights).mean() / max(q_scale, 1.0)
-    policy.optimizer.zero_grad(set_to_none=True)
+    objective = q / max(q_scale, 1.0) + prior.entropy_coef * entropy
+    loss = -config.prior_q_coef * (objective * weights).mean()
+    optimizer = policy.prior_optimizer if sample else policy.optimizer
+    assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    th.nn.utils.clip_grad_norm_(policy.actor.parameters(), max_grad_norm, foreach=True)
-    policy.optimizer.step()
+    # TD-MPC2 clips its policy's gradient at the world model's norm; the "mean" step shares PPO's optimizer and clip
+    clip = config.max_grad_norm if sample else max_grad_norm
+    th.nn.utils.clip_grad_norm_(policy.actor.parameters(), clip, foreach=True)
+    optimizer.step()
     return q_scale
 
 
