@@ -1,0 +1,121 @@
+"""The prior's TD-MPC2-style options (``prior_kwargs``): state-dependent std, the "sample" objective, sampled targets."""
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+
+from sb3_m3po import M3PO
+from sb3_m3po.m3po.world_model_update import q_guided_prior_step, world_model_targets
+
+TDMPC2_PRIOR = {"objective": "sample", "state_std": True, "target_action": "sample"}
+
+
+def test_state_dependent_std_stays_within_its_bounds(tiny):
+    bounds = {"state_std": True, "log_std_min": -3, "log_std_max": 1}
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=bounds, **tiny)
+    policy = model.policy
+    with th.no_grad():
+        policy.actor[-1].weight.normal_(std=100.0)  # saturate the log-std output both ways
+        z = policy.world_model.encode(th.randn(256, policy.obs_dim))
+        _, std = policy.prior_mean_std(z)
+    assert std.min() >= math.exp(-3) - 1e-6 and std.max() <= math.exp(1) + 1e-6
+    assert std.std() > 0, "the std should vary with the state"
+
+
+def test_squashed_sample_is_in_bounds_and_its_entropy_is_the_scaled_gaussian_entropy(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=TDMPC2_PRIOR, **tiny)
+    policy = model.policy
+    z = policy.world_model.encode(th.randn(64, policy.obs_dim))
+    generator = th.Generator().manual_seed(3)
+    action, entropy = policy.squashed_sample(z, None, generator)
+    pre_mean, log_std = policy._prior_head(z, None)
+    eps = th.randn(pre_mean.shape, generator=th.Generator().manual_seed(3))
+    assert th.allclose(action, th.tanh(pre_mean + eps * log_std.exp()))
+    assert action.abs().max() <= 1
+    density = th.distributions.Normal(pre_mean, log_std.exp()).log_prob(pre_mean + eps * log_std.exp()).sum(-1, keepdim=True)
+    assert th.allclose(entropy, -density * policy.action_dim, atol=1e-5)
+
+
+def test_sample_objective_steps_its_own_optimizer_and_moves_q_uphill(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=TDMPC2_PRIOR, **tiny)
+    model.learn(96)
+    policy, wm = model.policy, model.policy.world_model
+    batch = model.replay_buffer.sample(32, model.planner_config.horizon)
+    with th.no_grad():
+        latents = wm.encode(batch.next_observations)
+        wm.q_ensemble.head.weight.normal_()  # make Q depend on the action so there is a direction to climb
+    ppo_state = {k: v["exp_avg"].clone() for k, v in enumerate(policy.optimizer.state.values())}
+    value_before = [p.clone() for p in policy.value_net.parameters()]
+
+    def q_of_prior():
+        with th.no_grad():
+            return wm.q_value(latents, policy.prior_mean(latents)).mean().item()
+
+    start, q_scale = q_of_prior(), 1.0
+    for _ in range(20):
+        q_scale = q_guided_prior_step(policy, latents, None, model.world_model_config, model.max_grad_norm, q_scale)
+    assert q_of_prior() > start
+    assert policy.prior_optimizer is not None and len(policy.prior_optimizer.state) > 0
+    assert all(th.equal(a, v["exp_avg"]) for a, v in zip(ppo_state.values(), policy.optimizer.state.values()))
+    assert all(th.equal(a, b) for a, b in zip(value_before, policy.value_net.parameters()))
+
+
+def test_target_action_sample_draws_the_td_targets_from_the_prior(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"target_action": "sample"}, **tiny)
+    model.learn(64)
+    batch = model.replay_buffer.sample(16, model.planner_config.horizon)
+    with th.no_grad():
+        model.policy.log_std.fill_(0.0)
+        th.manual_seed(0)
+        _, first = world_model_targets(model.policy, batch, None, model.gamma)
+        th.manual_seed(1)
+        _, second = world_model_targets(model.policy, batch, None, model.gamma)
+    assert not th.equal(first, second), "sampled target actions should make the TD targets random"
+    mean_model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    mean_model.policy.load_state_dict(model.policy.state_dict())
+    with th.no_grad():
+        th.manual_seed(0)
+        _, a = world_model_targets(mean_model.policy, batch, None, model.gamma)
+        th.manual_seed(0)
+        _, b = world_model_targets(mean_model.policy, batch, None, model.gamma)
+    assert th.equal(a, b)
+
+
+def test_n_epochs_zero_leaves_the_value_function_untrained(tiny):
+    tiny["n_epochs"] = 0
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, bonus_kwargs={"coef": 0.0}, prior_kwargs=TDMPC2_PRIOR, **tiny)
+    value_before = [p.clone() for p in model.policy.value_net.parameters()]
+    actor_before = [p.clone() for p in model.policy.actor.parameters()]
+    model.learn(128)
+    assert all(th.equal(a, b) for a, b in zip(value_before, model.policy.value_net.parameters()))
+    assert not all(th.equal(a, b) for a, b in zip(actor_before, model.policy.actor.parameters())), "the Q step should train it"
+
+
+def test_sample_prior_save_load_keeps_its_optimizer_and_actions(tiny, tmp_path):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=TDMPC2_PRIOR, **tiny)
+    model.learn(96)
+    model.save(tmp_path / "m.zip")
+    loaded = M3PO.load(tmp_path / "m.zip")
+    assert loaded.prior_config == model.prior_config
+    for a, b in zip(model.policy.prior_optimizer.state.values(), loaded.policy.prior_optimizer.state.values()):
+        assert th.equal(a["exp_avg"], b["exp_avg"])
+    obs = np.zeros((1, 3), dtype=np.float32)
+    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+@pytest.mark.parametrize(
+    "prior_kwargs, needle",
+    [
+        ({"objective": "policy"}, "objective must be 'mean' or 'sample'"),
+        ({"target_action": "max"}, "target_action must be 'mean' or 'sample'"),
+        ({"entropy_coef": -1}, "entropy_coef must be >= 0"),
+        ({"log_std_min": 2, "log_std_max": 1}, "need log_std_min < log_std_max"),
+        ({"entropy": 0.1}, "unknown key(s) ['entropy'] in prior_kwargs"),
+    ],
+)
+def test_invalid_prior_settings_are_named(prior_kwargs, needle):
+    with pytest.raises(ValueError) as error:
+        M3PO("MlpPolicy", "Pendulum-v1", prior_kwargs=prior_kwargs)
+    assert needle in str(error.value)
