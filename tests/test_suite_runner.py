@@ -95,7 +95,6 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         "## Final score",
         "## Aggregate (rliable)",
         "| m3po_tiny   | 1 ",
-        "## Runs",
         "sim steps/s",
         "## Wall-clock",
     ]:

@@ -27,6 +27,10 @@ REFERENCE_STEPS = 100_000
 PLOTTED_REFERENCES = {"TD-MPC2": ("*", "black", 12), "SAC": ("D", "dimgray", 7)}
 MAIN_ALGORITHMS = ("m3po", "ppo", "sac", "crossq")  # the main figure's lines, the same colour in every suite
 RESAMPLES = 2000
+CSV_COLUMNS = (
+    "task env algorithm algo seed sim_steps final_score normalised_final_score best_score wall_seconds "
+    "sim_steps_per_second peak_rss_mib commit device machine finished_at"
+).split()
 
 
 def published(env: str, method: str) -> float | None:
@@ -256,22 +260,17 @@ def _versus(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
         row = {"task": task.name}
         for name in others:
             theirs = runs.final_score[(runs.task == task.name) & (runs.algorithm == name)]
-            if not len(mine) or not len(theirs):
-                row[f"{first} - {name}"] = "-"
-                continue
-            diff, low, high = diff_ci(mine, theirs)
-            ahead[name][0] += diff > 0
-            ahead[name][1] += 1
-            sign = "+" if diff > 0 else ""
-            row[f"{first} - {name}"] = (
-                f"{sign}{_fmt(diff, task.score)} [{_fmt(low, task.score)}, {_fmt(high, task.score)}] "
-                f"({len(mine)} vs {len(theirs)})"
-            )
+            row[f"{first} - {name}"] = "-"
+            if len(mine) and len(theirs):
+                diff, low, high = diff_ci(mine, theirs)
+                ahead[name] = [ahead[name][0] + (diff > 0), ahead[name][1] + 1]
+                row[f"{first} - {name}"] = (
+                    f"{'+' if diff > 0 else ''}{_fmt(diff, task.score)} [{_fmt(low, task.score)}, {_fmt(high, task.score)}] "
+                    f"({len(mine)} vs {len(theirs)})"
+                )
         rows.append(row)
-    rows.append(
-        {"task": f"`{first}` ahead on", **{f"{first} - {n}": f"{a} of {c}" if c else "-" for n, (a, c) in ahead.items()}}
-    )
-    return rows
+    counts = {f"{first} - {n}": f"{a} of {c}" if c else "-" for n, (a, c) in ahead.items()}
+    return [*rows, {"task": f"`{first}` ahead on", **counts}]
 
 
 def _gap(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
@@ -284,18 +283,14 @@ def _gap(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
         row = {"task": task.name, "TD-MPC2": _fmt(reference, task.score)}
         for algorithm in suite.algorithms:
             scores = runs.final_score[(runs.task == task.name) & (runs.algorithm == algorithm)]
-            if not len(scores):
-                row[algorithm] = "-"
-                continue
-            gap = float(scores.mean()) - reference
-            count[algorithm][0] += gap >= 0
-            count[algorithm][1] += 1
-            row[algorithm] = f"{'+' if gap >= 0 else ''}{_fmt(gap, task.score)} ({100 * gap / reference:+.0f} %)"
+            row[algorithm] = "-"
+            if len(scores):
+                gap = float(scores.mean()) - reference
+                count[algorithm] = [count[algorithm][0] + (gap >= 0), count[algorithm][1] + 1]
+                row[algorithm] = f"{'+' if gap >= 0 else ''}{_fmt(gap, task.score)} ({100 * gap / reference:+.0f} %)"
         rows.append(row)
-    return rows and [
-        *rows,
-        {"task": "at or above TD-MPC2", "TD-MPC2": "", **{a: f"{n} of {c}" if c else "-" for a, (n, c) in count.items()}},
-    ]
+    counts = {a: f"{n} of {c}" if c else "-" for a, (n, c) in count.items()}
+    return rows and [*rows, {"task": "at or above TD-MPC2", "TD-MPC2": "", **counts}]
 
 
 def _wall_clock(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame) -> list[dict[str, str]]:
@@ -370,9 +365,9 @@ def summarize(suite: Suite, layout: Layout) -> str:
     lines = [f"# Benchmark suite `{suite.name}`", "", *([suite.description, ""] if suite.description else [])]
     lines += [
         f"Produced by `python benchmarks/suite.py {suite.name}` from `{shown_path(suite.path)}`: every run is "
-        "`python -m sb3_m3po.zoo.train` (rl-zoo3) with the shipped `hyperparams/<algo>.yml` plus the overrides below, "
-        "one torch thread per run. Budgets and steps are simulator steps (action repeat counted); scores are those of "
-        "deterministic evaluations, the final score the one at the budget.",
+        "`python -m sb3_m3po.zoo.train` (rl-zoo3) with the shipped `hyperparams/<algo>.yml` plus the suite file's "
+        "overrides, one torch thread per run (`runs.csv` lists every run). Budgets and steps are simulator steps "
+        "(action repeat counted); scores are those of deterministic evaluations, the final score the one at the budget.",
         "",
         f"Finished runs: {len(runs)} of {total} ({len(suite.tasks)} task(s) x {len(suite.algorithms)} algorithm(s) x "
         f"{len(suite.seeds)} seed(s)).",
@@ -456,84 +451,10 @@ def summarize(suite: Suite, layout: Layout) -> str:
             "",
         ]
         lines += _table(_wall_clock(suite, runs, curves))
-    lines += ["", "## Algorithms", ""]
-    lines += _table(
-        [
-            {
-                "name": a.name,
-                "rl-zoo3 algo": a.algo,
-                "overrides of hyperparams/<algo>.yml": ", ".join(f"`{k}={v!r}`" for k, v in a.params.items())
-                + " ".join(a.extra_args)
-                or "none",
-            }
-            for a in suite.algorithms.values()
-        ]
-    )
-    lines += ["", "## Tasks", ""]
-    lines += _table(
-        [
-            {
-                "task": t.name,
-                "env id": f"`{t.env}`",
-                "action repeat": t.action_repeat,
-                "budget": t.sim_steps,
-                "eval every": t.eval_every,
-                "eval episodes": t.eval_episodes,
-                "score": t.score,
-            }
-            for t in suite.tasks.values()
-        ]
-    )
-    if len(runs):
-        table = runs.assign(
-            machine=runs.machine.map(machines),
-            final=[_fmt(s, suite.tasks[t].score) for t, s in zip(runs.task, runs.final_score)],
-            best=[_fmt(s, suite.tasks[t].score) for t, s in zip(runs.task, runs.best_score)],
-            resumed=[
-                ", ".join(map(str, r)) if isinstance(r, list) else "" for r in runs.get("resumed_at", [None] * len(runs))
-            ],
-        )
-        columns = {
-            "task": "task",
-            "algorithm": "algorithm",
-            "seed": "seed",
-            "final": "final score",
-            "best": "best score",
-            "wall_seconds": "wall-clock (s)",
-            "sim_steps_per_second": "sim steps/s",
-            "peak_rss_mib": "peak RSS (MiB)",
-            "commit": "commit",
-            "machine": "machine",
-            "device": "device",
-            "resumed": "resumed at (sim steps)",
-        }
-        lines += [
-            "",
-            "## Runs",
-            "",
-            *_table(table[list(columns)].rename(columns=columns).astype(str).replace({"nan": "-", "None": "-"})),
-        ]
-        csv_columns = [
-            "task",
-            "env",
-            "algorithm",
-            "algo",
-            "seed",
-            "sim_steps",
-            "final_score",
-            "normalised_final_score",
-            "best_score",
-            "wall_seconds",
-            "sim_steps_per_second",
-            "peak_rss_mib",
-            "commit",
-            "device",
-            "machine",
-            "finished_at",
-        ]
+    if len(runs):  # the suite file holds what each task and algorithm is; runs.csv every run's numbers
         write_atomic(
             os.path.join(layout.results, "runs.csv"),
-            runs[csv_columns].to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+            runs[CSV_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n"),
         )
     text = "\n".join(lines) + "\n"
     write_atomic(os.path.join(layout.results, "summary.md"), text)
