@@ -5,11 +5,12 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
 
-from sb3_m3po.zoo import hyperparams_dir, shipped_config
+from sb3_m3po.common.hyperparams import shipped_entry
 from sb3_m3po.zoo.train import with_shipped_config
 
 TINY_PARAMS = [
@@ -23,21 +24,46 @@ TINY_PARAMS = [
 ]
 
 
-def run_module(module: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+def run_module(module: str, *args: str, cwd: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_shipped_hyperparameters_cover_the_benchmark_ids():
+def test_shipped_hyperparameters_cover_the_benchmark_ids_and_families(capsys):
     for algo in ["m3po", "ppo", "sac"]:
-        with open(os.path.join(hyperparams_dir(), f"{algo}.yml")) as f:
-            table = yaml.safe_load(f)
-        for env_id in ["Pendulum-v1", "dm_control/cartpole-swingup-v0", "metaworld/reach-v3"]:
-            assert env_id in table, (algo, env_id)
-    assert shipped_config("m3po", "MountainCarContinuous-v0") is not None  # the default entry
-    assert shipped_config("ppo", "MountainCarContinuous-v0") is None  # rl-zoo3's own file applies
-    assert "--conf-file" in with_shipped_config(["--algo", "m3po", "--env", "Pendulum-v1"])
-    assert with_shipped_config(["--algo", "m3po", "-conf", "mine.yml"]) == ["--algo", "m3po", "-conf", "mine.yml"]
+        for env_id in ["Pendulum-v1", "dm_control/cartpole-swingup-v0", "metaworld/reach-v3", "Hopper-v5"]:
+            assert shipped_entry(algo, env_id) is not None, (algo, env_id)
+    for algo in ["tqc", "crossq"]:
+        assert shipped_entry(algo, "Walker2d-v5")[0] == "Walker2d-v5"
+        assert shipped_entry(algo, "Pendulum-v1") is None  # rl-zoo3's own file applies
+    name, entry = shipped_entry("sac", "dm_control/acrobot-swingup-v0")
+    assert name == "dm_control/*" and "DMCWrapper" in str(entry["env_wrapper"])
+    assert shipped_entry("m3po", "MountainCarContinuous-v0")[0] == "default"
+    assert shipped_entry("ppo", "MountainCarContinuous-v0") is None  # rl-zoo3's own file applies
+    args, temporary = with_shipped_config(["--algo", "m3po", "--env", "Pendulum-v1"])
+    assert "--conf-file" in args and temporary is None  # the shipped file itself, nothing to delete
+    args, temporary = with_shipped_config(["--algo", "m3po", "--env", "dm_control/acrobot-swingup-v0"])
+    assert args[-1] == temporary and os.path.isfile(temporary)
+    with open(temporary) as f:
+        assert list(yaml.safe_load(f)) == ["dm_control/acrobot-swingup-v0"]
+    os.remove(temporary)
+    assert "using its 'dm_control/*' entry" in capsys.readouterr().out
+    assert with_shipped_config(["--algo", "m3po", "-conf", "mine.yml"]) == (["--algo", "m3po", "-conf", "mine.yml"], None)
+
+
+def test_make_env_takes_the_action_repeat_of_the_shipped_entry():
+    from sb3_m3po.envs import ActionRepeat, make_env
+
+    def repeats(env):
+        while isinstance(env, gym.Wrapper):
+            if isinstance(env, ActionRepeat):
+                return env.repeat
+            env = env.env
+        return 1
+
+    assert repeats(make_env("dm_control/acrobot-swingup-v0")) == 2  # the dm_control/* entry's DMCWrapper
+    assert repeats(make_env("dm_control/acrobot-swingup-v0", action_repeat=1)) == 1
+    assert repeats(make_env("Hopper-v5")) == 1
 
 
 def test_converter_gives_valid_constructor_arguments(tiny):
@@ -119,14 +145,15 @@ def test_train_enjoy_and_resume_m3po_on_pendulum(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
-    log = str(tmp_path / "logs")
+def test_train_m3po_on_an_unlisted_dm_control_id_uses_the_family_entry(tmp_path):
+    log, scratch = str(tmp_path / "logs"), tmp_path / "tmp"
+    scratch.mkdir()
     out = run_module(
         "sb3_m3po.zoo.train",
         "--algo",
         "m3po",
         "--env",
-        "dm_control/cartpole-swingup-v0",
+        "dm_control/acrobot-swingup-v0",
         "-n",
         "64",
         "-f",
@@ -135,12 +162,15 @@ def test_train_m3po_on_dm_control_with_shipped_wrapper(tmp_path):
         "-1",
         *TINY_PARAMS,
         cwd=str(tmp_path),
+        TMPDIR=str(scratch),
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "no entry for dm_control/acrobot-swingup-v0; using its 'dm_control/*' entry" in out.stdout
     models = glob.glob(os.path.join(log, "m3po", "**", "*.zip"), recursive=True)
-    assert len(models) == 1 and "cartpole-swingup" in models[0]
+    assert len(models) == 1 and "acrobot-swingup" in models[0]
     with open(glob.glob(os.path.join(log, "m3po", "**", "config.yml"), recursive=True)[0]) as f:
-        assert "DMCWrapper" in f.read(), "the shipped action-repeat wrapper was used"
+        assert "DMCWrapper" in f.read(), "the family's action-repeat wrapper was used"
+    assert not list(scratch.glob("*.yml")), "the temporary hyperparameter file was left behind"
 
 
 @pytest.mark.slow

@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_entry
 from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.m3po.save_util import migrate_settings
-from sb3_m3po.zoo.hyperparams import hyperparams_dir
 
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES_DIR = os.path.join(BENCH_DIR, "suites")
@@ -267,25 +266,10 @@ def select_runs(suite: Suite, tasks: list[str] | None, algos: list[str] | None, 
     ]
 
 
-def shipped_entry(algo: str, env_id: str) -> dict[str, Any] | None:
-    """Our ``hyperparams/<algo>.yml`` entry for ``env_id`` (M3PO falls back to ``default``); None: rl-zoo3's files."""
-    path = os.path.join(hyperparams_dir(), f"{algo}.yml")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        table = yaml.safe_load(f) or {}
-    return table.get(env_id, table.get("default") if algo == "m3po" else None)
-
-
 def applied_action_repeat(entry: dict[str, Any] | None, env_id: str, env_kwargs: dict[str, Any]) -> int:
     """Repeat of an entry's ``DMCWrapper`` times the env's own ``action_repeat`` kwarg (the multi-task ids)."""
     repeat = int(env_kwargs.get("action_repeat", (gym.spec(env_id).kwargs or {}).get("action_repeat", 1)))
-    wrappers = (entry or {}).get("env_wrapper") or []
-    for wrapper in wrappers if isinstance(wrappers, list) else [wrappers]:
-        name, kwargs = (wrapper, {}) if isinstance(wrapper, str) else next(iter(wrapper.items()))
-        if name.endswith("DMCWrapper"):
-            repeat *= int((kwargs or {}).get("action_repeat", 2))  # DMCWrapper's default
-    return repeat
+    return repeat * entry_action_repeat(entry)
 
 
 def check_suite_environment(suite: Suite) -> None:
@@ -315,7 +299,7 @@ def check_suite_environment(suite: Suite) -> None:
         for algorithm in suite.algorithms.values():
             if any(arg in ("-conf", "--conf-file") for arg in (*task.extra_args, *algorithm.extra_args)):
                 continue  # a custom hyperparameter file: its settings are the user's responsibility
-            entry = shipped_entry(algorithm.algo, task.env)
+            entry = (shipped_entry(algorithm.algo, task.env) or (None, None))[1]
             repeat = applied_action_repeat(entry, task.env, task.env_kwargs)
             if repeat != task.action_repeat:
                 raise SuiteError(

@@ -5,6 +5,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_entry
 from sb3_m3po.envs.registration import register_envs
 from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SuccessInfo
 
@@ -17,18 +18,21 @@ def make_metaworld(task: str, seed: int | None = None, **kwargs: Any) -> gym.Env
     return gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
 
 
-def make_env(env_id: str, action_repeat: int = 1, seed: int | None = None, **kwargs: Any) -> gym.Env:
+def make_env(env_id: str, action_repeat: int | None = None, seed: int | None = None, **kwargs: Any) -> gym.Env:
     """
     Build one env from an id: ``dm_control/<domain>-<task>-v0``, ``metaworld/<task>-v3``
-    (Meta-World MT1) or any gymnasium id.
+    (Meta-World MT1) or any gymnasium id, as ``sb3-m3po train --algo m3po`` builds it.
 
     DMControl Dict observations are flattened to float32. Meta-World success is
     reported as ``info["is_success"]``.
 
     :param env_id: the env id
-    :param action_repeat: simulator steps per agent decision
+    :param action_repeat: simulator steps per agent decision (None: that of the id's entry in the shipped
+        ``hyperparams/m3po.yml``, found as the CLI finds it: 2 for ``dm_control/*``, 1 otherwise)
     :param seed: seed of Meta-World's task sampling
     """
+    if action_repeat is None:
+        action_repeat = entry_action_repeat((shipped_entry("m3po", env_id) or (None, None))[1])
     if env_id.startswith("dm_control/"):
         register_envs()
         return DMCWrapper(gym.make(env_id, **kwargs), action_repeat)

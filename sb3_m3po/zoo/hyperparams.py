@@ -1,33 +1,28 @@
-"""The rl-zoo3 hyperparameter files shipped inside the package (``sb3_m3po/hyperparams/``)."""
+"""rl-zoo3's view of the shipped hyperparameter files: a yml it can read for an env id (:mod:`sb3_m3po.common.hyperparams`)."""
 
 import os
 import tempfile
 
 import yaml
 
-
-def hyperparams_dir() -> str:
-    """Folder of the shipped rl-zoo3 yml files (package data, so installed wheels carry it)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
+from sb3_m3po.common.hyperparams import hyperparams_dir, shipped_entry
 
 
-def shipped_config(algo: str, env_id: str) -> str | None:
+def shipped_config(algo: str, env_id: str) -> tuple[str, bool] | None:
     """
-    Path of a yml holding our hyperparameters for ``(algo, env_id)``, or None if we ship none.
+    A yml holding our hyperparameters for ``(algo, env_id)`` under the id, or None if we ship none.
 
-    For M3PO an env id without its own entry gets the ``default`` entry (written to a
-    temporary yml, since rl-zoo3 looks hyperparameters up by env id).
+    :return: its path, and whether it is a temporary file (an entry found by pattern or default) that the
+        caller deletes
     """
-    path = os.path.join(hyperparams_dir(), f"{algo}.yml")
-    if not os.path.exists(path):
+    found = shipped_entry(algo, env_id)
+    if found is None:
         return None
-    with open(path) as f:
-        table = yaml.safe_load(f)
-    if env_id in table:
-        return path
-    if algo != "m3po":
-        return None
-    handle, tmp_path = tempfile.mkstemp(prefix=f"m3po-{env_id.replace('/', '_')}-", suffix=".yml")
+    name, entry = found
+    if name == env_id:
+        return os.path.join(hyperparams_dir(), f"{algo}.yml"), False
+    print(f"sb3-m3po: hyperparams/{algo}.yml has no entry for {env_id}; using its '{name}' entry")
+    handle, tmp_path = tempfile.mkstemp(prefix=f"{algo}-{env_id.replace('/', '_')}-", suffix=".yml")
     with os.fdopen(handle, "w") as f:
-        yaml.safe_dump({env_id: table["default"]}, f)
-    return tmp_path
+        yaml.safe_dump({env_id: entry}, f)
+    return tmp_path, True

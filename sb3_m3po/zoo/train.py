@@ -63,13 +63,18 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return known, rest
 
 
-def with_shipped_config(argv: list[str]) -> list[str]:
-    """Add ``--conf-file`` pointing at our yml when the user gave none and we ship one."""
+def with_shipped_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """
+    Add ``--conf-file`` pointing at our yml when the user gave none and we ship an entry for the env id.
+
+    :return: the arguments, and the temporary yml to delete after training (None: nothing to delete)
+    """
     known, _ = _known_flags().parse_known_args(argv)
-    if known.conf_file is not None:
-        return argv
-    config = shipped_config(known.algo, known.env)
-    return argv if config is None else [*argv, "--conf-file", config]
+    config = None if known.conf_file is not None else shipped_config(known.algo, known.env)
+    if config is None:
+        return argv, None
+    path, temporary = config
+    return [*argv, "--conf-file", path], path if temporary else None
 
 
 def check_hyperparameter_file(path: str) -> None:
@@ -142,10 +147,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sb3-m3po train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     manager = M3POExperimentManager.with_checkpoints(known.checkpoint_freq)
-    sys.argv = ["sb3_m3po.zoo.train", *with_shipped_config(rest)]
-    # rl-zoo3's train() builds the manager it imported; ours is a subclass of it
-    with unittest.mock.patch.object(rl_zoo3.train, "ExperimentManager", manager):
-        rl_zoo3.train.train()
+    zoo_args, temporary = with_shipped_config(rest)
+    sys.argv = ["sb3_m3po.zoo.train", *zoo_args]
+    try:
+        # rl-zoo3's train() builds the manager it imported; ours is a subclass of it
+        with unittest.mock.patch.object(rl_zoo3.train, "ExperimentManager", manager):
+            rl_zoo3.train.train()
+    finally:
+        if temporary is not None:
+            os.remove(temporary)
 
 
 if __name__ == "__main__":
