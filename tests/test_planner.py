@@ -29,6 +29,9 @@ class PointModel:
     def prior_sample(self, z, task, generator):
         return th.zeros_like(z)
 
+    def termination(self, z, task):
+        return None
+
 
 @pytest.mark.parametrize("horizon", [1, 3])
 def test_planner_finds_known_optimum_for_a_batch(horizon):

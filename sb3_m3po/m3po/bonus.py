@@ -19,7 +19,7 @@ class RolloutValues(NamedTuple):
     """One-step values of every transition of a rollout, flat ``(n_steps * n_envs,)``, step-major."""
 
     next_value: th.Tensor  # V(h(s')) of the real next observation
-    q_mb: th.Tensor  # R(z, a) + gamma * V(d(z, a)): model reward and model next latent
+    q_mb: th.Tensor  # R(z, a) + gamma * (1 - P_term(d(z, a))) * V(d(z, a)): model reward, termination, next latent
     q_mf: th.Tensor  # r + gamma * (1 - terminated) * V(h(s')): real reward and real next observation
     bonus: th.Tensor  # |q_mb - q_mf|
     bonus_normalised: th.Tensor  # clip(zscore(bonus), 0, clip)
@@ -44,7 +44,11 @@ def rollout_values(policy: M3POPolicy, buffer: M3PORolloutBuffer, gamma: float, 
     wm = policy.world_model
     z = wm.encode(obs, task)
     next_value = policy.value(wm.encode(next_obs, task), task).squeeze(-1)
-    model_next_value = policy.value(wm.next(z, actions, task), task).squeeze(-1)
+    model_next = wm.next(z, actions, task)
+    model_next_value = policy.value(model_next, task).squeeze(-1)
+    terminal = wm.termination(model_next, task)
+    if terminal is not None:
+        model_next_value = (1.0 - terminal.squeeze(-1)) * model_next_value
     q_mb = wm.reward(z, actions, task).squeeze(-1) + gamma * model_next_value
     q_mf = flat(buffer.rewards) + gamma * (1.0 - flat(buffer.terminated)) * next_value
     per_task = config.per_task and task is not None

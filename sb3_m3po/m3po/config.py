@@ -200,6 +200,12 @@ class WorldModelTrainingConfig:
         world-model step (0: the prior learns from PPO alone). PPO improves the prior slowly from
         planner data, and the planner's terminal value and the TD targets use the prior's action
     :param balanced_replay: multi-task: the same number of subsequences from every task
+    :param episodic: model termination (TD-MPC2's termination head): ``True`` from the start, ``None`` from the
+        first real termination in replay (so envs that never terminate train exactly as without the head),
+        ``False`` never. The planner and ``Q_MB`` weight each later step by the predicted probability of being
+        alive; the TD targets keep the real terminations
+    :param termination_coef: weight of the termination loss (binary cross-entropy on ``terminated``, never on
+        ``truncated``)
     """
 
     learning_rate: float = 3e-4
@@ -217,9 +223,11 @@ class WorldModelTrainingConfig:
     tau: float = 0.01
     prior_q_coef: float = 1.0
     balanced_replay: bool = True
+    episodic: bool | None = None
+    termination_coef: float = 1.0
 
     def __post_init__(self) -> None:
-        coefs = ("consistency_coef", "reward_coef", "value_coef", "prior_q_coef")
+        coefs = ("consistency_coef", "reward_coef", "value_coef", "prior_q_coef", "termination_coef")
         _check(
             [
                 (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),

@@ -1,5 +1,6 @@
 """M3PO: model-based policy optimisation with an implicit world model, MPPI and a hybrid bonus."""
 
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -30,7 +31,7 @@ from sb3_m3po.m3po.config import (
 from sb3_m3po.m3po.planner import shift_plan
 from sb3_m3po.m3po.policies import M3POPolicy
 from sb3_m3po.m3po.save_util import M3POSaveLoad
-from sb3_m3po.m3po.world_model_update import update_world_model, world_model_optimizer
+from sb3_m3po.m3po.world_model_update import add_termination_head, update_world_model, world_model_optimizer
 
 SelfM3PO = TypeVar("SelfM3PO", bound="M3PO")
 
@@ -162,6 +163,7 @@ class M3PO(M3POSaveLoad, PPO):
         self.planner_kwargs, self.world_model_kwargs, self.bonus_kwargs = planner_kwargs, world_model_kwargs, bonus_kwargs
         self.prior_kwargs = prior_kwargs
         self._q_scale = 1.0  # running |Q| of the Q-guided prior step
+        self._terminations_seen = False  # a real termination reached the replay buffer (episodic=None adds the head)
         self.task_names: tuple[str, ...] | None = None
         self._task_stats: TaskEpisodeStats | None = None
         self._plan: th.Tensor | None = None
@@ -201,6 +203,7 @@ class M3PO(M3POSaveLoad, PPO):
             planner=self.planner_config,
             use_planner=self.use_planner,
             prior=self.prior_config,
+            episodic=self._episodic,
             **self.policy_kwargs,
         )
         self.policy = self.policy.to(self.device)
@@ -225,6 +228,25 @@ class M3PO(M3POSaveLoad, PPO):
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    @property
+    def _episodic(self) -> bool:
+        """Whether the world model has (or, set up now, gets) its termination head."""
+        episodic = self.world_model_config.episodic
+        return episodic is True or (episodic is None and self._terminations_seen)
+
+    def _on_first_termination(self) -> None:
+        self._terminations_seen = True
+        if self.world_model_config.episodic is None:
+            add_termination_head(self.policy.world_model, self.wm_optimizer)
+            if self.verbose >= 1:
+                print(f"M3PO: first real termination at timestep {self.num_timesteps}: the world model now models termination")
+        elif self.world_model_config.episodic is False:
+            warnings.warn(
+                f"the env terminated at timestep {self.num_timesteps}, but world_model_kwargs['episodic']=False: the planner "
+                "will keep counting reward after predicted terminations; use episodic=None or True",
+                stacklevel=2,
+            )
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_plan", "_last_original_obs", "_task_stats"]
@@ -266,6 +288,12 @@ class M3PO(M3POSaveLoad, PPO):
             actions = out.action.cpu().numpy()
             check_finite("planned action (the world model or prior produced NaN/inf)", actions, self.num_timesteps)
             new_obs, rewards, dones, infos = env.step(self.policy.to_env_action(actions))
+            if not (isinstance(dones, np.ndarray) and dones.dtype == np.bool_ and dones.shape == (env.num_envs,)):
+                raise ValueError(
+                    f"{type(env).__name__}.step() returned dones {type(dones).__name__} "
+                    f"{getattr(dones, 'dtype', '')} {getattr(dones, 'shape', '')}: M3PO needs a bool array of shape "
+                    f"({env.num_envs},) (terminated or truncated, one per env) to tell terminations from truncations"
+                )
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -277,6 +305,8 @@ class M3PO(M3POSaveLoad, PPO):
             check_finite("next observation", next_flat, self.num_timesteps)
             truncated = np.array([info.get("TimeLimit.truncated", False) for info in infos], dtype=bool) & dones
             terminated = dones & ~truncated
+            if terminated.any() and not self._terminations_seen:
+                self._on_first_termination()
             rollout_buffer.add(
                 obs=obs_flat,
                 action=actions,
@@ -436,4 +466,11 @@ class M3PO(M3POSaveLoad, PPO):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfM3PO:
-        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        if self.world_model_config.episodic is True and not self._terminations_seen:
+            warnings.warn(
+                "world_model_kwargs['episodic']=True, but the env has not terminated once: the termination head learns "
+                "only that nothing terminates; use episodic=None (the default) for envs that never terminate",
+                stacklevel=2,
+            )
+        return self

@@ -19,6 +19,8 @@ class LatentModel(Protocol):
 
     def prior_sample(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor: ...
 
+    def termination(self, z: th.Tensor, task: th.Tensor | None) -> th.Tensor | None: ...
+
 
 class PlanResult(NamedTuple):
     action: th.Tensor  # (B, A) executed action (unclipped sample, or its centre when deterministic)
@@ -50,21 +52,26 @@ def rollout_returns(
     generator: th.Generator | None = None,
 ) -> th.Tensor:
     """
-    ``sum_t gamma^t R(z_t, a_t) + gamma^H V(z_H)`` for every candidate.
+    ``sum_t gamma^t alive_t R(z_t, a_t) + gamma^H alive_H V(z_H)`` for every candidate, ``alive_t`` the predicted
+    probability that no latent up to ``z_t`` is terminal (1 for a model without termination).
 
     :param z: ``(B, N, L)`` start latents, one copy per candidate
     :param actions: ``(B, N, H, A)``
     :return: ``(B, N)``
     """
     ret = z.new_zeros(z.shape[:-1])
+    alive = z.new_ones(z.shape[:-1])
     discount = 1.0
     task_n = None if task is None else task[:, None].expand(z.shape[:2])
     for t in range(actions.shape[2]):
         a = actions[:, :, t]
-        ret = ret + discount * model.reward(z, a, task_n).squeeze(-1)
+        ret = ret + discount * alive * model.reward(z, a, task_n).squeeze(-1)
         z = model.next(z, a, task_n)
+        terminal = model.termination(z, task_n)
+        if terminal is not None:
+            alive = alive * (1.0 - terminal.squeeze(-1))
         discount *= gamma
-    return ret + discount * model.terminal_value(z, task_n, generator).squeeze(-1)
+    return ret + discount * alive * model.terminal_value(z, task_n, generator).squeeze(-1)
 
 
 def prior_trajectories(

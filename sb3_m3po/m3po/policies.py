@@ -62,6 +62,8 @@ class M3POPolicy(BasePolicy):
         action); the other action dimensions are masked in the prior, the planner and execution
     :param planner: MPPI settings (a :class:`~sb3_m3po.m3po.config.PlannerConfig` or its kwargs)
     :param use_planner: plan with MPPI (True) or act with the prior alone (False)
+    :param episodic: build the world model's termination head now (M3PO adds it later with
+        ``world_model_kwargs["episodic"]=None``, at the first real termination)
     :param prior: how the prior learns from Q (a :class:`~sb3_m3po.m3po.config.PriorConfig` or its kwargs)
     :param optimizer_class: optimizer of the prior/value
     :param optimizer_kwargs: extra optimizer arguments
@@ -91,6 +93,7 @@ class M3POPolicy(BasePolicy):
         task_action_dims: list[int] | None = None,
         planner: PlannerConfig | dict[str, Any] | None = None,
         use_planner: bool = True,
+        episodic: bool = False,
         prior: PriorConfig | dict[str, Any] | None = None,
         optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -131,7 +134,7 @@ class M3POPolicy(BasePolicy):
         self.codec = TaskIdCodec(num_tasks)
         self.task_action_dims = self._check_tasks(num_tasks, task_action_dims)
         self.torch_compile = torch_compile
-        self._build(lr_schedule)
+        self._build(lr_schedule, episodic)
 
     def _check_tasks(self, num_tasks: int, task_action_dims: list[int] | None) -> list[int] | None:
         if num_tasks < 1:
@@ -163,9 +166,9 @@ class M3POPolicy(BasePolicy):
             return list(arch.get("pi", [])), list(arch.get("vf", []))
         return list(arch), list(arch)
 
-    def _build(self, lr_schedule: Schedule) -> None:
+    def _build(self, lr_schedule: Schedule, episodic: bool) -> None:
         cfg = self.model_config
-        self.world_model = WorldModel(self.obs_dim - self.codec.width, self.action_dim, cfg, self.num_tasks)
+        self.world_model = WorldModel(self.obs_dim - self.codec.width, self.action_dim, cfg, self.num_tasks, episodic)
         in_dim = cfg.latent_dim + self.world_model.task_dim
         pi_layers, vf_layers = self._hidden_layers()
         prior_outputs = 2 * self.action_dim if self.prior_config.state_std else self.action_dim
@@ -209,6 +212,7 @@ class M3POPolicy(BasePolicy):
             task_action_dims=self.task_action_dims,
             planner=self.planner_config,
             use_planner=self.use_planner,
+            episodic=self.world_model.termination_head is not None,
             prior=self.prior_config,
             torch_compile=self.torch_compile,
             lr_schedule=self._dummy_schedule,
@@ -232,6 +236,9 @@ class M3POPolicy(BasePolicy):
 
     def reward(self, z: th.Tensor, action: th.Tensor, task: th.Tensor | None) -> th.Tensor:
         return self.world_model.reward(z, action, task)
+
+    def termination(self, z: th.Tensor, task: th.Tensor | None) -> th.Tensor | None:
+        return self.world_model.termination(z, task)
 
     def terminal_value(self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None) -> th.Tensor:
         return self.world_model.q_value(z, self.target_action(z, task, generator), task, generator=generator)

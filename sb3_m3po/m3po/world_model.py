@@ -17,6 +17,7 @@ class WorldModelLosses(NamedTuple):
     consistency: th.Tensor
     reward: th.Tensor
     value: th.Tensor
+    termination: th.Tensor  # 0 without a termination head
     latents: th.Tensor  # (H, B, L) latents the actions were taken from (with gradient)
 
 
@@ -32,9 +33,12 @@ class WorldModel(nn.Module):
     :param config: network sizes
     :param num_tasks: number of tasks (1 disables the task embedding); multi-task observations
         end with the one-hot id of :class:`~sb3_m3po.common.task_ids.TaskIdCodec`
+    :param episodic: build the termination head (see :meth:`add_termination_head`)
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, config: WorldModelConfig, num_tasks: int = 1) -> None:
+    def __init__(
+        self, obs_dim: int, action_dim: int, config: WorldModelConfig, num_tasks: int = 1, episodic: bool = False
+    ) -> None:
         super().__init__()
         self.obs_dim, self.action_dim, self.latent_dim = obs_dim, action_dim, config.latent_dim
         self.num_q, self.num_bins, self.vmin, self.vmax = config.num_q, config.num_bins, config.vmin, config.vmax
@@ -54,6 +58,27 @@ class WorldModel(nn.Module):
         nn.init.zeros_(self.q_ensemble.head.weight)
         nn.init.zeros_(self.q_ensemble.head.bias)
         self.target_q_ensemble = copy.deepcopy(self.q_ensemble).requires_grad_(False)
+        self._mlp_dim = config.mlp_dim
+        self.termination_head: nn.Module | None = None
+        if episodic:
+            self.add_termination_head()
+
+    def add_termination_head(self) -> nn.Module:
+        """
+        Build the termination head (a logit of ``P(terminated)`` from the latent reached). Its initialisation draws
+        from a forked RNG, so adding it changes no other random number of a run.
+        """
+        with th.random.fork_rng(devices=[]):
+            head = mlp(self.latent_dim + self.task_dim, [self._mlp_dim], 1)
+        device = next(self.parameters()).device
+        self.termination_head = head.to(device)
+        return self.termination_head
+
+    def termination(self, z: th.Tensor, task: th.Tensor | None = None) -> th.Tensor | None:
+        """Predicted probability that the latent ``z`` is terminal, ``(..., 1)`` (None without a termination head)."""
+        if self.termination_head is None:
+            return None
+        return th.sigmoid(self.termination_head(self.with_task(z, task)))
 
     def with_task(self, x: th.Tensor, task: th.Tensor | None) -> th.Tensor:
         """
@@ -136,6 +161,7 @@ class WorldModel(nn.Module):
         td_targets: th.Tensor,
         task: th.Tensor | None,
         config: WorldModelTrainingConfig,
+        terminated: th.Tensor | None = None,
     ) -> WorldModelLosses:
         """
         Multi-step latent consistency, reward and Q losses on ``H``-step subsequences.
@@ -149,6 +175,7 @@ class WorldModel(nn.Module):
         :param target_z: ``(H, B, L)`` encodings of the real next observations (no gradient)
         :param td_targets: ``(H, B, 1)`` precomputed (no gradient) TD targets
         :param config: the loss weights (``rho`` and the coefficients)
+        :param terminated: ``(H, B, 1)`` real terminations (not truncations), for the termination head
         """
         rho = config.rho
         horizon = actions.shape[0]
@@ -167,4 +194,11 @@ class WorldModel(nn.Module):
         value_loss = (q_ce * weights.unsqueeze(0)).mean()
         consistency = consistency / horizon
         total = config.consistency_coef * consistency + config.reward_coef * reward_loss + config.value_coef * value_loss
-        return WorldModelLosses(total, consistency, reward_loss, value_loss, zs)
+        termination_loss = obs.new_zeros(())
+        if self.termination_head is not None:
+            assert terminated is not None, "a world model with a termination head needs the real terminations"
+            logits = self.termination_head(self.with_task(th.stack(latents[1:]), task))  # of the latents reached
+            bce = th.nn.functional.binary_cross_entropy_with_logits(logits, terminated, reduction="none")
+            termination_loss = (bce * weights).mean()
+            total = total + config.termination_coef * termination_loss
+        return WorldModelLosses(total, consistency, reward_loss, value_loss, termination_loss, zs)

@@ -21,21 +21,34 @@ class WorldModelStats(NamedTuple):
     consistency_loss: float
     reward_loss: float
     value_loss: float
+    termination_loss: float
     grad_norm: float
     gradient_steps: int
     q_scale: float
 
 
 def world_model_optimizer(world_model: WorldModel, config: WorldModelTrainingConfig, **kwargs: Any) -> th.optim.Adam:
-    """Adam over the world model (encoder at ``enc_lr_scale`` of the rate; the target Q ensemble excluded)."""
+    """
+    Adam over the world model (encoder at ``enc_lr_scale`` of the rate; the target Q ensemble excluded), the
+    termination head in a group of its own, as :func:`add_termination_head` adds it to a running optimizer.
+    """
     encoder = list(world_model.encoder.parameters())
     others = [
         p
         for name, p in world_model.named_parameters()
-        if p.requires_grad and not name.startswith(("encoder.", "target_q_ensemble."))
+        if p.requires_grad and not name.startswith(("encoder.", "target_q_ensemble.", "termination_head."))
     ]
     groups: list[dict[str, Any]] = [{"params": encoder, "lr": config.learning_rate * config.enc_lr_scale}, {"params": others}]
+    if world_model.termination_head is not None:
+        groups.append({"params": list(world_model.termination_head.parameters())})
     return th.optim.Adam(groups, lr=config.learning_rate, **kwargs)
+
+
+def add_termination_head(world_model: WorldModel, optimizer: th.optim.Optimizer) -> None:
+    """Give a world model without one its termination head, trained by ``optimizer`` from now on."""
+    assert world_model.termination_head is None, "the world model already has a termination head"
+    head = world_model.add_termination_head()
+    optimizer.add_param_group({"params": list(head.parameters())})
 
 
 @th.no_grad()
@@ -146,13 +159,13 @@ def update_world_model(
     horizon = policy.planner_config.horizon
     wm = policy.world_model
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    totals = th.zeros(4, device=policy.device)
+    totals = th.zeros(5, device=policy.device)
     for _ in range(steps):
         batch = replay.sample(config.batch_size, horizon, vec_normalize)
         task = policy.task_ids(batch.observations)
         target_z, td_targets = world_model_targets(policy, batch, task, gamma)
         losses = policy.world_model_losses(
-            batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, config
+            batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, config, batch.terminated
         )
         if not th.isfinite(losses.total):
             parts = {k: float(v) for k, v in losses._asdict().items() if k != "latents"}
@@ -167,6 +180,7 @@ def update_world_model(
         wm.soft_update_target(config.tau)
         if config.prior_q_coef > 0:
             q_scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, q_scale)
-        totals += th.stack([losses.consistency.detach(), losses.reward.detach(), losses.value.detach(), grad_norm])
-    consistency, reward, value, grad_norm = (totals / max(steps, 1)).tolist()
-    return WorldModelStats(consistency, reward, value, grad_norm, steps, q_scale)
+        step_stats = (losses.consistency, losses.reward, losses.value, losses.termination, grad_norm)
+        totals += th.stack([part.detach() for part in step_stats])
+    consistency, reward, value, termination, grad_norm = (totals / max(steps, 1)).tolist()
+    return WorldModelStats(consistency, reward, value, termination, grad_norm, steps, q_scale)
