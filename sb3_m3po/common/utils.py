@@ -31,6 +31,17 @@ def check_finite(what: str, array: np.ndarray, timestep: int) -> None:
         )
 
 
+def check_dones(dones: Any, env: object, n_envs: int) -> np.ndarray:
+    """:raises ValueError: unless ``dones`` (of ``env.step``) is a bool array of shape ``(n_envs,)``, naming the env"""
+    if not (isinstance(dones, np.ndarray) and dones.dtype == np.bool_ and dones.shape == (n_envs,)):
+        raise ValueError(
+            f"{type(env).__name__}.step() returned dones {type(dones).__name__} {getattr(dones, 'dtype', '')} "
+            f"{getattr(dones, 'shape', '')}: M3PO needs a bool array of shape ({n_envs},) (terminated or truncated, "
+            "one per env) to tell terminations from truncations"
+        )
+    return dones
+
+
 def check_observation_space(observation_space: spaces.Space) -> int:
     """
     Check that M3PO can encode the observation space and return its flat size.

@@ -17,7 +17,14 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, M3PORolloutBuffer
 from sb3_m3po.common.math import clipped_surrogate
 from sb3_m3po.common.task_metrics import TaskEpisodeStats
-from sb3_m3po.common.utils import NonFiniteError, check_finite, flatten_observation, real_next_observation, unnormalized
+from sb3_m3po.common.utils import (
+    NonFiniteError,
+    check_dones,
+    check_finite,
+    flatten_observation,
+    real_next_observation,
+    unnormalized,
+)
 from sb3_m3po.envs.multitask import setup_task_set
 from sb3_m3po.m3po.bonus import record_bonus, rollout_values
 from sb3_m3po.m3po.config import (
@@ -288,12 +295,7 @@ class M3PO(M3POSaveLoad, PPO):
             actions = out.action.cpu().numpy()
             check_finite("planned action (the world model or prior produced NaN/inf)", actions, self.num_timesteps)
             new_obs, rewards, dones, infos = env.step(self.policy.to_env_action(actions))
-            if not (isinstance(dones, np.ndarray) and dones.dtype == np.bool_ and dones.shape == (env.num_envs,)):
-                raise ValueError(
-                    f"{type(env).__name__}.step() returned dones {type(dones).__name__} "
-                    f"{getattr(dones, 'dtype', '')} {getattr(dones, 'shape', '')}: M3PO needs a bool array of shape "
-                    f"({env.num_envs},) (terminated or truncated, one per env) to tell terminations from truncations"
-                )
+            check_dones(dones, env, env.num_envs)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
