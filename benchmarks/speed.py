@@ -126,7 +126,10 @@ def train_row(algo: str, args: argparse.Namespace) -> dict[str, Any]:
 
     n_envs = args.n_envs if algo == "m3po" else 1  # SB3's defaults: one env
     env = make_vec_env(lambda: make_env(args.env), n_envs=n_envs, seed=0)
-    kwargs = {"policy_kwargs": {"model_size": args.preset, "torch_compile": args.compile}} if algo == "m3po" else {}
+    kwargs: dict[str, Any] = {}
+    if algo == "m3po":
+        kwargs = {"policy_kwargs": {"model_size": args.preset, "torch_compile": args.compile}}
+        kwargs.update({"n_steps": args.n_steps} if args.n_steps else {})
     model = {"m3po": M3PO, "ppo": PPO, "sac": SAC}[algo]("MlpPolicy", env, seed=0, device=args.device, **kwargs)
     watch = Stopwatch()
     watch.wrap(env, "step", "env")
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algos", nargs="+", choices=["m3po", "ppo", "sac"], default=["m3po", "sac", "ppo"])
     parser.add_argument("--preset", default="cpu", help="train: M3PO's model preset")
     parser.add_argument("--steps", type=int, default=2048, help="train: env steps measured after the warm-up")
+    parser.add_argument("--n-steps", type=int, default=None, help="train: M3PO's n_steps (default: the package's)")
     parser.add_argument("--warmup", type=int, default=1024, help="train: env steps before the measurement")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
