@@ -188,12 +188,19 @@ def test_shipped_suites_are_valid(name):
     # a typo in a shipped suite would otherwise surface hours into a benchmark, when its run starts
     suite = spec.load_suite(name)
     spec.check_suite_environment(suite)
+    from stable_baselines3.common.env_util import make_vec_env
+
     from sb3_m3po import M3PO
+    from sb3_m3po.common.hyperparams import shipped_params
 
     for algorithm in suite.algorithms.values():
         if algorithm.algo == "m3po" and algorithm.params:
-            # the constructor validates every hyperparameter; the env only has to be cheap
-            M3PO("MlpPolicy", "Pendulum-v1", device="cpu", **algorithm.params)
+            # the constructor validates every hyperparameter; the env only has to be cheap, but it has the
+            # n_envs each task runs with (PPO's own checks depend on n_steps * n_envs)
+            params = {key: value for key, value in algorithm.params.items() if key != "n_envs"}
+            for task in suite.tasks.values():
+                n_envs = int(algorithm.params.get("n_envs", (shipped_params("m3po", task.env) or {}).get("n_envs", 1)))
+                M3PO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=n_envs), device="cpu", **params)
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_entry
+from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_params
 from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.m3po.save_util import migrate_settings
 
@@ -299,7 +299,7 @@ def check_suite_environment(suite: Suite) -> None:
         for algorithm in suite.algorithms.values():
             if any(arg in ("-conf", "--conf-file") for arg in (*task.extra_args, *algorithm.extra_args)):
                 continue  # a custom hyperparameter file: its settings are the user's responsibility
-            entry = (shipped_entry(algorithm.algo, task.env) or (None, None))[1]
+            entry = shipped_params(algorithm.algo, task.env)
             repeat = applied_action_repeat(entry, task.env, task.env_kwargs)
             if repeat != task.action_repeat:
                 raise SuiteError(

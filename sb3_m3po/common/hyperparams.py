@@ -36,6 +36,12 @@ def shipped_entry(algo: str, env_id: str) -> tuple[str, dict[str, Any]] | None:
     return ("default", table["default"]) if algo == "m3po" and "default" in table else None
 
 
+def shipped_params(algo: str, env_id: str) -> dict[str, Any] | None:
+    """The value of :func:`shipped_entry` (None where we ship no entry)."""
+    found = shipped_entry(algo, env_id)
+    return found[1] if found else None
+
+
 def entry_action_repeat(entry: dict[str, Any] | None) -> int:
     """The action repeat an entry's ``DMCWrapper`` applies (1 without one)."""
     repeat = 1

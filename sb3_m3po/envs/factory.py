@@ -5,7 +5,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_entry
+from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_params
 from sb3_m3po.envs.registration import register_envs
 from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SuccessInfo
 
@@ -32,7 +32,7 @@ def make_env(env_id: str, action_repeat: int | None = None, seed: int | None = N
     :param seed: seed of Meta-World's task sampling
     """
     if action_repeat is None:
-        action_repeat = entry_action_repeat((shipped_entry("m3po", env_id) or (None, None))[1])
+        action_repeat = entry_action_repeat(shipped_params("m3po", env_id))
     if env_id.startswith("dm_control/"):
         register_envs()
         return DMCWrapper(gym.make(env_id, **kwargs), action_repeat)
