@@ -52,20 +52,19 @@ def diff_ci(a: Any, b: Any) -> tuple[float, float, float]:
     """``mean(a) - mean(b)`` with a 95 % percentile-bootstrap interval, the seeds of each side resampled independently."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     diff = float(a.mean() - b.mean())
-    varying = [s for s in (a, b) if len(s) > 1 and np.ptp(s) > 0]
-    if not varying:
+    vary_a, vary_b = (len(s) > 1 and np.ptp(s) > 0 for s in (a, b))
+    if vary_a and vary_b:
+        statistic = lambda x, y, axis: x.mean(axis) - y.mean(axis)  # noqa: E731
+        ci = stats.bootstrap((a, b), statistic, n_resamples=RESAMPLES, method="percentile", rng=0).confidence_interval
+        return diff, float(ci.low), float(ci.high)
+    if not (vary_a or vary_b):
         return diff, diff, diff
-    if len(varying) == 1:  # one side is a constant: the interval is the other side's, shifted
-        _, low, high = mean_ci(varying[0])
-        return (
-            (diff, float(low - b.mean()), float(high - b.mean()))
-            if varying[0] is a
-            else (diff, float(a.mean() - high), float(a.mean() - low))
-        )
-    ci = stats.bootstrap(
-        (a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), n_resamples=RESAMPLES, method="percentile", rng=0
-    ).confidence_interval
-    return diff, float(ci.low), float(ci.high)
+    _, low, high = mean_ci(a if vary_a else b)  # one side is a constant: the other side's interval, shifted
+    return (
+        (diff, float(low - b.mean()), float(high - b.mean()))
+        if vary_a
+        else (diff, float(a.mean() - high), float(a.mean() - low))
+    )
 
 
 def load_results(suite: Suite, layout: Layout) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -87,26 +86,19 @@ def load_results(suite: Suite, layout: Layout) -> tuple[pd.DataFrame, pd.DataFra
     runs = pd.DataFrame(records)
     if len(runs):
         runs["normalised_final_score"] = [suite.tasks[t].normalise(s) for t, s in zip(runs.task, runs.final_score)]
-        runs = runs.sort_values(["task", "algorithm", "seed"], key=_suite_order(suite), kind="stable", ignore_index=True)
+        order = {**{n: i for i, n in enumerate(suite.tasks)}, **{n: i for i, n in enumerate(suite.algorithms)}}
+        by_suite = lambda column: column.map(order) if column.name in ("task", "algorithm") else column  # noqa: E731
+        runs = runs.sort_values(["task", "algorithm", "seed"], key=by_suite, kind="stable", ignore_index=True)
     return runs, pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(), notes
 
 
-def _suite_order(suite: Suite) -> Any:
-    order = {**{n: i for i, n in enumerate(suite.tasks)}, **{n: i for i, n in enumerate(suite.algorithms)}}
-    return lambda column: column.map(order) if column.name in ("task", "algorithm") else column
-
-
-def _fmt(value: float, score: str) -> str:
-    return f"{value:.2f}" if score == "success" else f"{value:.0f}"
+def _fmt(value: float, score: str, sign: bool = False) -> str:
+    return f"{value:{'+' if sign else ''}.{2 if score == 'success' else 0}f}"
 
 
 def _interval(values: Any, score: str) -> str:
     mean, low, high = mean_ci(values)
     return f"{_fmt(mean, score)} [{_fmt(low, score)}, {_fmt(high, score)}] ({len(values)})"
-
-
-def _steps(n: int) -> str:
-    return f"{n // 1000}k" if n % 1000 == 0 and n >= 1000 else str(n)
 
 
 def _colors(suite: Suite) -> dict[str, Any]:
@@ -138,13 +130,11 @@ def plot_curves(
                 (handles[algorithm],) = ax.plot(grid.index, mean, color=colors[algorithm], lw=1.8)
                 ax.fill_between(grid.index, low, high, color=colors[algorithm], alpha=0.2, lw=0)
         for name, (marker, color, size) in PLOTTED_REFERENCES.items():
-            value = published(task.env, name) if references else None
+            value, label = published(task.env, name) if references else None, f"{name} published, 100k"
             if value is not None and task.sim_steps >= REFERENCE_STEPS:
-                (handles[f"{name} published, 100k"],) = ax.plot(
-                    [REFERENCE_STEPS], [value], marker, color=color, ms=size, zorder=5
-                )
+                (handles[label],) = ax.plot([REFERENCE_STEPS], [value], marker, color=color, ms=size, zorder=5)
             elif value is not None:  # the budget ends before 100k: the level instead of a point off the axis
-                handles[f"{name} published, 100k"] = ax.axhline(value, color=color, ls=":", lw=1)
+                handles[label] = ax.axhline(value, color=color, ls=":", lw=1)
         ax.set_title(f"{task.name} (action repeat {task.action_repeat})", fontsize=10)
         ax.set(xlabel="simulator steps", ylabel="success rate" if task.score == "success" else "episode return")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
@@ -185,16 +175,11 @@ def aggregate(suite: Suite, runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], 
                 random_state=np.random.RandomState(0),
             )
         (iqm, mean), (low, high) = point[algorithm], interval[algorithm]
-        rows.append(
-            {
-                "algorithm": algorithm,
-                "seeds per task": len(matrix),
-                "IQM [95 % CI]": f"{iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}]",
-                "mean [95 % CI]": f"{mean:.3f} [{low[1]:.3f}, {high[1]:.3f}]",
-                "iqm": (iqm, low[0], high[0]),
-                "mean": (mean, low[1], high[1]),
-            }
-        )
+        row: dict[str, Any] = {"algorithm": algorithm, "seeds per task": len(matrix)}
+        for i, (key, value) in enumerate((("IQM", iqm), ("mean", mean))):
+            row[f"{key} [95 % CI]"] = f"{value:.3f} [{low[i]:.3f}, {high[i]:.3f}]"
+            row[key.lower()] = (value, low[i], high[i])
+        rows.append(row)
     return matrices, pd.DataFrame(rows), notes
 
 
@@ -230,19 +215,25 @@ def plot_aggregate(suite: Suite, matrices: dict[str, np.ndarray], table: pd.Data
     plt.close(fig)
 
 
-def _table(rows: list[dict[str, Any]] | pd.DataFrame) -> list[str]:
+def _section(title: str, intro: str, rows: list[dict[str, Any]] | pd.DataFrame, empty: str = "(none yet)") -> list[str]:
     frame = pd.DataFrame(rows)
-    return (
-        frame.to_markdown(index=False, tablefmt="github", disable_numparse=True).splitlines() if len(frame) else ["(none yet)"]
-    )
+    table = frame.to_markdown(index=False, tablefmt="github", disable_numparse=True).splitlines() if len(frame) else [empty]
+    return ["", f"## {title}", "", intro, "", *table]
 
 
-def _final_scores(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
+def _count(hits: dict[str, list[int]]) -> dict[str, str]:
+    return {name: f"{n} of {total}" if total else "-" for name, (n, total) in hits.items()}
+
+
+def _final_scores(suite: Suite, finals: Any) -> list[dict[str, str]]:
     rows = []
     for task in suite.tasks.values():
-        row = {"task": task.name, "budget": _steps(task.sim_steps)}
+        row = {
+            "task": task.name,
+            "budget": f"{task.sim_steps // 1000}k" if task.sim_steps % 1000 == 0 else str(task.sim_steps),
+        }
         for algorithm in suite.algorithms:
-            scores = runs.final_score[(runs.task == task.name) & (runs.algorithm == algorithm)] if len(runs) else []
+            scores = finals(task.name, algorithm)
             row[algorithm] = _interval(scores, task.score) if len(scores) else "-"
         for name in PLOTTED_REFERENCES:
             value = published(task.env, name)
@@ -251,80 +242,67 @@ def _final_scores(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
     return rows
 
 
-def _versus(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
+def _versus(suite: Suite, finals: Any) -> list[dict[str, str]]:
     """The suite's first algorithm minus each other one, task by task, and the count of tasks it leads."""
     first, *others = suite.algorithms
-    rows, ahead = [], {n: [0, 0] for n in others}
+    rows, ahead = [], {f"{first} - {n}": [0, 0] for n in others}
     for task in suite.tasks.values():
-        mine = runs.final_score[(runs.task == task.name) & (runs.algorithm == first)]
-        row = {"task": task.name}
+        mine, row = finals(task.name, first), {"task": task.name}
         for name in others:
-            theirs = runs.final_score[(runs.task == task.name) & (runs.algorithm == name)]
-            row[f"{first} - {name}"] = "-"
+            theirs, key = finals(task.name, name), f"{first} - {name}"
+            row[key] = "-"
             if len(mine) and len(theirs):
                 diff, low, high = diff_ci(mine, theirs)
-                ahead[name] = [ahead[name][0] + (diff > 0), ahead[name][1] + 1]
-                row[f"{first} - {name}"] = (
-                    f"{'+' if diff > 0 else ''}{_fmt(diff, task.score)} [{_fmt(low, task.score)}, {_fmt(high, task.score)}] "
-                    f"({len(mine)} vs {len(theirs)})"
-                )
+                ahead[key] = [ahead[key][0] + (diff > 0), ahead[key][1] + 1]
+                interval = f"[{_fmt(low, task.score)}, {_fmt(high, task.score)}]"
+                row[key] = f"{_fmt(diff, task.score, True)} {interval} ({len(mine)} vs {len(theirs)})"
         rows.append(row)
-    counts = {f"{first} - {n}": f"{a} of {c}" if c else "-" for n, (a, c) in ahead.items()}
-    return [*rows, {"task": f"`{first}` ahead on", **counts}]
+    return [*rows, {"task": f"`{first}` ahead on", **_count(ahead)}]
 
 
-def _gap(suite: Suite, runs: pd.DataFrame) -> list[dict[str, str]]:
+def _gap(suite: Suite, finals: Any) -> list[dict[str, str]]:
     """Each algorithm's mean final score minus TD-MPC2's published 100k value."""
-    rows, count = [], {a: [0, 0] for a in suite.algorithms}
+    rows, hits = [], {a: [0, 0] for a in suite.algorithms}
     for task in suite.tasks.values():
         reference = published(task.env, "TD-MPC2")
         if reference is None or task.sim_steps != REFERENCE_STEPS:
             continue
         row = {"task": task.name, "TD-MPC2": _fmt(reference, task.score)}
         for algorithm in suite.algorithms:
-            scores = runs.final_score[(runs.task == task.name) & (runs.algorithm == algorithm)]
-            row[algorithm] = "-"
+            scores, row[algorithm] = finals(task.name, algorithm), "-"
             if len(scores):
                 gap = float(scores.mean()) - reference
-                count[algorithm] = [count[algorithm][0] + (gap >= 0), count[algorithm][1] + 1]
+                hits[algorithm] = [hits[algorithm][0] + (gap >= 0), hits[algorithm][1] + 1]
                 row[algorithm] = f"{'+' if gap >= 0 else ''}{_fmt(gap, task.score)} ({100 * gap / reference:+.0f} %)"
         rows.append(row)
-    counts = {a: f"{n} of {c}" if c else "-" for a, (n, c) in count.items()}
-    return rows and [*rows, {"task": "at or above TD-MPC2", "TD-MPC2": "", **counts}]
+    return rows and [*rows, {"task": "at or above TD-MPC2", "TD-MPC2": "", **_count(hits)}]
 
 
-def _wall_clock(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame) -> list[dict[str, str]]:
+def _wall_clock(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame, finals: Any) -> list[dict[str, str]]:
     """Mean wall-clock per run, and the time each algorithm's runs took to first reach SAC's mean final score."""
     rows = []
-    for task in suite.tasks.values():
-        sac = runs.final_score[(runs.task == task.name) & (runs.algorithm == "sac")]
-        for algorithm in suite.algorithms:
-            mine = runs[(runs.task == task.name) & (runs.algorithm == algorithm)]
-            if not len(mine):
-                continue
-            reach = "-"
-            if len(sac):  # wall-clock scaled by the share of the budget done at the first evaluation at or above it
-                times = []
-                for record in mine.itertuples():
-                    curve = curves[(curves.task == task.name) & (curves.algorithm == algorithm) & (curves.seed == record.seed)]
-                    hit = curve.sim_steps[curve.score >= sac.mean()]
-                    times.append(record.wall_seconds * hit.iloc[0] / task.sim_steps / 60 if len(hit) else np.nan)
-                reached = [t for t in times if not np.isnan(t)]
-                reach = (
-                    f"{np.mean(reached):.0f} ({len(reached)} of {len(times)})"
-                    if reached
-                    else f"not reached (0 of {len(times)})"
-                )
-            rows.append(
-                {
-                    "task": task.name,
-                    "algorithm": algorithm,
-                    "runs": str(len(mine)),
-                    "wall-clock per run (min)": f"{mine.wall_seconds.mean() / 60:.0f}",
-                    "sim steps/s": f"{mine.sim_steps_per_second.mean():.1f}",
-                    "minutes to SAC's final score (runs reaching it)": reach,
-                }
+    for (name, algorithm), mine in runs.groupby(["task", "algorithm"], sort=False):
+        sac, reach = finals(name, "sac"), "-"
+        if len(sac):  # wall-clock scaled by the share of the budget done at the first evaluation at or above it
+            times = []
+            for record in mine.itertuples():
+                curve = curves[(curves.task == name) & (curves.algorithm == algorithm) & (curves.seed == record.seed)]
+                hit = curve.sim_steps[curve.score >= sac.mean()]
+                times.append(record.wall_seconds * hit.iloc[0] / record.sim_steps / 60 if len(hit) else np.nan)
+            reached = [t for t in times if not np.isnan(t)]
+            reach = (
+                f"{np.mean(reached):.0f} ({len(reached)} of {len(times)})" if reached else f"not reached (0 of {len(times)})"
             )
+        rows.append(
+            {
+                "task": name,
+                "algorithm": algorithm,
+                "runs": str(len(mine)),
+                "wall-clock per run (min)": f"{mine.wall_seconds.mean() / 60:.0f}",
+                "sim steps/s": f"{mine.sim_steps_per_second.mean():.1f}",
+                "minutes to SAC's final score (runs reaching it)": reach,
+            }
+        )
     return rows
 
 
@@ -336,21 +314,15 @@ def _per_task(suite: Suite, runs: pd.DataFrame) -> list[str]:
         if not len(mine):
             continue
         names = list(dict.fromkeys(n for final in mine.per_task_final for n in final))
-        table = {n: {} for n in [*names, "mean over tasks"]}
+        table: dict[str, dict[str, str]] = {n: {} for n in [*names, "mean over tasks"]}
         for algorithm, group in mine.groupby("algorithm", sort=False):
             finals = pd.DataFrame(list(group.per_task_final))
             for name in names:
                 table[name][algorithm] = _interval(finals[name].dropna(), task.score) if name in finals else "-"
             complete = finals.dropna()
             table["mean over tasks"][algorithm] = _interval(complete.mean(axis=1), task.score) if len(complete) else "-"
-        lines += [
-            "",
-            f"## Per task: {task.name}",
-            "",
-            f"Final {task.score} of every task of `{task.env}`, mean over seeds [95 % CI] (seeds).",
-            "",
-        ]
-        lines += _table([{"task": n, **cells} for n, cells in table.items()])
+        intro = f"Final {task.score} of every task of `{task.env}`, mean over seeds [95 % CI] (seeds)."
+        lines += _section(f"Per task: {task.name}", intro, [{"task": n, **cells} for n, cells in table.items()])
     return lines
 
 
@@ -360,6 +332,8 @@ def summarize(suite: Suite, layout: Layout) -> str:
 
     matplotlib.use("Agg")
     runs, curves, left_out = load_results(suite, layout)
+    groups = {key: group.final_score for key, group in runs.groupby(["task", "algorithm"])} if len(runs) else {}
+    finals = lambda task, algorithm: groups.get((task, algorithm), pd.Series(dtype=float))  # noqa: E731
     os.makedirs(layout.results, exist_ok=True)
     total = len(suite.tasks) * len(suite.algorithms) * len(suite.seeds)
     lines = [f"# Benchmark suite `{suite.name}`", "", *([suite.description, ""] if suite.description else [])]
@@ -372,58 +346,31 @@ def summarize(suite: Suite, layout: Layout) -> str:
         f"Finished runs: {len(runs)} of {total} ({len(suite.tasks)} task(s) x {len(suite.algorithms)} algorithm(s) x "
         f"{len(suite.seeds)} seed(s)).",
     ]
-    machines = {m: f"M{i + 1}" for i, m in enumerate(sorted(set(runs.machine)))} if len(runs) else {}
     if len(runs):
-        lines += ["", "Machines:", "", *[f"* {tag}: {m}" for m, tag in machines.items()], ""]
-        lines += [
-            f"Devices: {', '.join(sorted(set(runs.device)))}. "
-            f"Code: commit(s) {', '.join(f'`{c}`' for c in sorted(set(runs.commit)))}."
-        ]
+        lines += ["", "Machines:", "", *[f"* M{i + 1}: {m}" for i, m in enumerate(sorted(set(runs.machine)))], ""]
+        commits = ", ".join(f"`{c}`" for c in sorted(set(runs.commit)))
+        lines += [f"Devices: {', '.join(sorted(set(runs.device)))}. Code: commit(s) {commits}."]
     if left_out:
-        lines += [
-            "",
-            "Left out (delete them, or restore the suite file they were made with):",
-            "",
-            *[f"* {n}" for n in left_out],
-        ]
-    lines += [
-        "",
-        "## Final score",
-        "",
-        "Mean over seeds [95 % bootstrap CI] (seeds).",
-        "",
-        *_table(_final_scores(suite, runs)),
-    ]
+        lines += ["", "Left out (delete them, or restore the suite file they were made with):", ""]
+        lines += [f"* {n}" for n in left_out]
+    lines += _section("Final score", "Mean over seeds [95 % bootstrap CI] (seeds).", _final_scores(suite, finals))
     if len(runs):
         lines += _per_task(suite, runs)
+        first = next(iter(suite.algorithms))
         if len(suite.algorithms) > 1:
-            first = next(iter(suite.algorithms))
-            lines += [
-                "",
-                f"## `{first}` against the others",
-                "",
-                f"Difference of mean final scores [95 % bootstrap CI, seeds resampled on both sides]; > 0: `{first}` ahead.",
-                "",
-            ]
-            lines += _table(_versus(suite, runs))
-        gap = _gap(suite, runs)
+            intro = (
+                f"Difference of mean final scores [95 % bootstrap CI, seeds resampled on both sides]; > 0: `{first}` ahead."
+            )
+            lines += _section(f"`{first}` against the others", intro, _versus(suite, finals))
+        gap = _gap(suite, finals)
         if gap:
-            lines += ["", "## Gap to TD-MPC2 (published, 100k simulator steps)", ""]
-            lines += [
-                "Mean final score minus TD-MPC2's value; TD-MPC2's result files count simulator steps "
-                "(nicklashansen/tdmpc2 issue #45).",
-                "",
-            ]
-            lines += _table(gap)
+            intro = "Mean final score minus TD-MPC2's value; TD-MPC2's result files count simulator steps "
+            intro += "(nicklashansen/tdmpc2 issue #45)."
+            lines += _section("Gap to TD-MPC2 (published, 100k simulator steps)", intro, gap)
         matrices, agg, notes = aggregate(suite, runs)
-        lines += [
-            "",
-            "## Aggregate (rliable)",
-            "",
-            "Normalised final scores (score_range of each task), 95 % stratified bootstrap CIs.",
-            "",
-        ]
-        lines += _table(agg.drop(columns=["iqm", "mean"])) if len(agg) else ["No algorithm has runs on every task yet."]
+        intro = "Normalised final scores (score_range of each task), 95 % stratified bootstrap CIs."
+        shown = agg.drop(columns=["iqm", "mean"]) if len(agg) else []
+        lines += _section("Aggregate (rliable)", intro, shown, empty="No algorithm has runs on every task yet.")
         lines += [f"* {note}" for note in notes]
         if len(agg):
             plot_aggregate(suite, matrices, agg, os.path.join(layout.results, "aggregate.png"))
@@ -433,29 +380,16 @@ def summarize(suite: Suite, layout: Layout) -> str:
         lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
         others = [a for a in suite.algorithms if a not in main and a in set(runs.algorithm)]
         if others and "m3po" in main:
-            plot_curves(
-                suite,
-                curves,
-                os.path.join(layout.results, "ablations.png"),
-                ["m3po", *others],
-                False,
-                " (ablations, diagnostics)",
-            )
+            path = os.path.join(layout.results, "ablations.png")
+            plot_curves(suite, curves, path, ["m3po", *others], False, " (ablations, diagnostics)")
             lines += ["", "Ablations and diagnostics, with `m3po` for reference:", "", "![ablations](ablations.png)"]
-        lines += [
-            "",
-            "## Wall-clock",
-            "",
+        intro = (
             "Whole training process (start-up and evaluations included); the time to SAC's final score scales each "
-            "run's wall-clock by the share of its budget done at its first evaluation at or above SAC's mean.",
-            "",
-        ]
-        lines += _table(_wall_clock(suite, runs, curves))
-    if len(runs):  # the suite file holds what each task and algorithm is; runs.csv every run's numbers
-        write_atomic(
-            os.path.join(layout.results, "runs.csv"),
-            runs[CSV_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+            "run's wall-clock by the share of its budget done at its first evaluation at or above SAC's mean."
         )
+        lines += _section("Wall-clock", intro, _wall_clock(suite, runs, curves, finals))
+        csv = runs[CSV_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n")
+        write_atomic(os.path.join(layout.results, "runs.csv"), csv)  # the suite file holds what each task is
     text = "\n".join(lines) + "\n"
     write_atomic(os.path.join(layout.results, "summary.md"), text)
     return text
