@@ -1,25 +1,35 @@
 """
-Speed of M3PO: the planner alone (planned actions/s, achieved GFLOP/s) and training (env steps/s, split).
+Speed of M3PO: the planner alone (planned actions/s, achieved GFLOP/s), training (env steps/s, split), and
+a one-invocation check of a device.
 
 ``planner``: one ``policy.act`` per call on random observations, per model preset, planner budget and
 n_envs; matmul FLOPs of a call are counted by ``torch.utils.flop_counter.FlopCounterMode`` (they depend on
 the shapes only), so FLOPs / measured time is the achieved rate. ``train``: each algorithm trains in this
 process on one env; after a warm-up (every algorithm past its ``learning_starts``) the wall-clock is split by
 wrapping the methods doing the work: ``env`` (``VecEnv.step``), ``act`` (M3PO: the MPPI planner; PPO: the
-policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. Each mode writes
-``<out>/<mode>_<label>.json`` and ``.md``.
+policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. ``device``: correctness checks
+on the device (learn/predict, no host sync inside one planner call under ``torch.cuda.set_sync_debug_mode``,
+save on the device / load on the CPU and back, the first world-model losses against the CPU's on the same
+seed and batch), then ``planner`` rows for three presets, eager and compiled, and ``train`` rows of M3PO on
+Pendulum-v1 and cartpole-swingup at several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU).
+Each mode writes ``<out>/<mode>_<label>.json`` and ``.md``.
 
 Usage::
 
     python benchmarks/speed.py planner --presets cpu 5M --planners cpu paper --n-envs 1 8 64 256 1024
     python benchmarks/speed.py train --env dm_control/cartpole-swingup-v0 --algos m3po sac ppo --steps 2048
+    python benchmarks/speed.py device --device cuda
+    python benchmarks/speed.py device --device cpu --dry-run --label dry_run_cpu
 """
 
 import argparse
 import functools
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sb3_m3po.m3po.config import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
 PLANNERS = {
     "cpu": PlannerConfig(),
@@ -163,14 +173,98 @@ def train_row(algo: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+TINY: dict[str, Any] = {
+    "n_steps": 16,
+    "batch_size": 32,
+    "n_epochs": 2,
+    "world_model_kwargs": {"batch_size": 16, "gradient_steps": 8, "learning_starts": 64},
+}
+
+
+def first_losses(device: str, seed: int = 0) -> dict[str, float]:
+    """World-model losses of one batch, drawn with the same seed from the same replay, before any update."""
+    from sb3_m3po import M3PO
+    from sb3_m3po.m3po.world_model_update import world_model_targets
+
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=seed, device="cpu", **TINY).learn(128)
+    twin = M3PO("MlpPolicy", "Pendulum-v1", seed=seed, device=device, **TINY)
+    twin.policy.load_state_dict(model.policy.state_dict())
+    th.manual_seed(seed)
+    np.random.seed(seed)
+    model.replay_buffer.device = th.device(device)
+    batch = model.replay_buffer.sample(16, twin.planner_config.horizon)
+    with th.random.fork_rng(devices=[]):
+        target_z, td = world_model_targets(twin.policy, batch, None, twin.gamma)
+    cfg = twin.world_model_config
+    losses = twin.policy.world_model_losses(batch.observations, batch.actions, batch.rewards, target_z, td, None, cfg)
+    return {k: float(v.detach()) for k, v in losses._asdict().items() if k != "latents"}
+
+
+def device_checks(device: str) -> dict[str, Any]:
+    """Each check's outcome on ``device`` (an exception is a failure)."""
+    from sb3_m3po import M3PO
+
+    results: dict[str, Any] = {}
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, device=device, **TINY).learn(256)
+    results["learn_and_predict"] = model.predict(np.zeros((1, 3), np.float32), deterministic=True)[0].shape == (1, 1)
+    results["planner_without_host_sync"] = "not checked (CUDA only)"
+    if device.startswith("cuda"):
+        obs, plan = th.zeros(8, model.policy.obs_dim, device=device), model.policy.initial_plan(8)
+        th.cuda.synchronize()
+        th.cuda.set_sync_debug_mode("error")  # any host sync inside the planner raises
+        try:
+            with th.inference_mode():
+                model.policy.act(obs, plan)
+        finally:
+            th.cuda.set_sync_debug_mode("default")
+        results["planner_without_host_sync"] = True
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m3po.zip")
+        model.save(path)
+        on_cpu = M3PO.load(path, device="cpu")
+        on_cpu.save(path)
+        back = M3PO.load(path, device=device)
+        actions = [m.predict(np.zeros((1, 3), np.float32), deterministic=True)[0] for m in (model, on_cpu, back)]
+        results["save_device_load_cpu_and_back_max_action_diff"] = float(np.abs(np.stack(actions) - actions[0]).max())
+    cpu, dev = first_losses("cpu"), first_losses(device)
+    results["first_losses_cpu"], results["first_losses_device"] = cpu, dev
+    results["first_losses_max_rel_diff"] = max(abs(cpu[k] - dev[k]) / max(abs(cpu[k]), 1e-8) for k in cpu)
+    return results
+
+
+def device_sections(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``device`` mode: checks, planner rows (eager and compiled) and M3PO's training rows."""
+    dry, planner, train = args.dry_run, [], []
+    n_envs = [1, 8] if dry else [1, 8, 64, 256, 1024]
+    # compiled at the largest n_envs only: each batch shape compiles anew (tens of seconds each)
+    for compiled in [False] if dry else [False, True]:
+        run = argparse.Namespace(**{**vars(args), "compile": compiled, "min_seconds": 0.2 if dry else 1.0})
+        for preset in ["cpu"] if dry else ["cpu", "1M", "5M"]:
+            planner += [planner_row(preset, q, n, run) for q in PLANNERS for n in (n_envs[-1:] if compiled else n_envs)]
+    for env_id in ["Pendulum-v1", "dm_control/cartpole-swingup-v0"]:
+        for n in [8] if dry else [8, 64, 256]:
+            # rollouts of about 2k transitions whatever n_envs (the package's n_steps=64 at 256 envs would be 16k)
+            sizes = {"n_envs": n, "n_steps": max(2048 // n, 1) if n > 8 else 64, "env": env_id, "compile": False}
+            sizes.update({"steps": 128, "warmup": 64} if dry else {"steps": 4096, "warmup": 1024})
+            train.append(train_row("m3po", argparse.Namespace(**{**vars(args), **sizes})))
+    return {"Checks": device_checks(args.device), "Planner": planner, "Training": train}
+
+
+def _nvidia_driver() -> str:
+    if not shutil.which("nvidia-smi"):
+        return "none"
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    return subprocess.run(query, capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["planner", "train"])
+    parser.add_argument("mode", choices=["planner", "train", "device"])
     parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--compile", action="store_true", help="torch.compile the planner rollouts / world-model loss")
     parser.add_argument("--label", default="", help="names the output files (default: the device)")
-    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--out", help="output folder (default: results/throughput; device mode: results/gpu)")
     parser.add_argument("--presets", nargs="+", default=["cpu", "5M"], help="planner: model presets")
     parser.add_argument("--planners", nargs="+", choices=list(PLANNERS), default=["cpu", "paper"])
     parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 8, 64, 256, 1024])
@@ -183,29 +277,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2048, help="train: env steps measured after the warm-up")
     parser.add_argument("--n-steps", type=int, default=None, help="train: M3PO's n_steps (default: the package's)")
     parser.add_argument("--warmup", type=int, default=1024, help="train: env steps before the measurement")
+    parser.add_argument("--dry-run", action="store_true", help="device: tiny sizes (checks the script, measures nothing)")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
+    started = time.time()
     if args.mode == "planner":
-        combos = [(p, q, n) for p in args.presets for q in args.planners for n in args.n_envs]
-        rows = [planner_row(*combo, args) for combo in combos]
-    else:
+        sections: dict[str, Any] = {
+            "rows": [planner_row(p, q, n, args) for p in args.presets for q in args.planners for n in args.n_envs]
+        }
+    elif args.mode == "train":
         args.n_envs = args.n_envs[0] if len(args.n_envs) == 1 else 8  # M3PO's shipped 8 envs unless one is given
-        rows = [train_row(algo, args) for algo in args.algos]
-    label = args.label or args.device.split(":")[0]
+        sections = {"rows": [train_row(algo, args) for algo in args.algos]}
+    else:
+        sections = device_sections(args)
     header = {
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_description(),
-        "device": device_description(args.device),
+        "device": f"{device_description(args.device)}, driver {_nvidia_driver()}",
+        "torch": f"{th.__version__} (CUDA {th.version.cuda})",
         "threads": args.threads,
         "commit": code_version(),
+        "wall_seconds": round(time.time() - started, 1),
     }
-    path = os.path.join(args.out, f"{args.mode}_{label}")
-    write_atomic(path + ".json", json.dumps({**header, "rows": rows}, indent=1) + "\n")
-    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
-    text = f"# Speed: {args.mode}\n\n`{header['command']}`; {header['machine']}, {header['device']}, "
-    text += f"{args.threads} torch thread(s), commit {header['commit']}.\n\n{table}\n"
-    write_atomic(path + ".md", text)
-    print(text)
+    out = args.out or os.path.join(RESULTS, "gpu" if args.mode == "device" else "throughput")
+    path = os.path.join(out, f"{args.mode}_{args.label or args.device.split(':')[0]}")
+    write_atomic(path + ".json", json.dumps({**header, **sections}, indent=1) + "\n")
+    dry = " (dry run: tiny sizes, nothing measured here means anything)" if args.dry_run else ""
+    lines = [f"# Speed: {args.mode}{dry}"]
+    lines += ["", *[f"* {k}: {v}" for k, v in header.items()]]
+    for title, content in sections.items():
+        table = (
+            [f"* {k}: {v}" for k, v in content.items()]
+            if isinstance(content, dict)
+            else [pd.DataFrame(content).to_markdown(index=False, floatfmt=".4g")]
+        )
+        lines += ["", *([] if title == "rows" else [f"## {title}", ""]), *table]
+    write_atomic(path + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

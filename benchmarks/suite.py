@@ -9,7 +9,7 @@ Usage::
     python benchmarks/suite.py dmc --summarize         # rewrite the summary from the committed records
     python benchmarks/suite.py path/to/my_suite.yml
 
-Suite files are described in ``runner/spec.py``; each run's folder, segments and record in ``runner/runs.py``;
+Suite files are described in ``suites/README.md``; each run's folder, segments and record in ``runner/runs.py``;
 executors in ``runner/executor.py``; the summary in ``runner/report.py``. A finished run leaves
 ``benchmarks/results/<suite>/raw/<task>/<algorithm>_seed<S>.{json,csv}`` and is skipped next time; a run
 without a record continues from its latest checkpoint. A record made with another configuration than the

@@ -8,12 +8,20 @@ import sys
 import time
 
 import pytest
+import yaml
+
+from sb3_m3po.zoo.checkpoints import latest_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _on_worker_with_checkpoint(runs_dir: str, results_dir: str, worker_id: str) -> str | None:
-    """A run folder whose current segment runs on the worker node and has a complete checkpoint (no record yet)."""
+def _on_worker_with_checkpoint(runs_dir: str, results_dir: str, worker_id: str, budget: int) -> str | None:
+    """
+    A run folder whose current segment runs on the worker node, has a complete checkpoint and no record yet.
+
+    Only a checkpoint at most half-way to ``budget`` counts: a run nearer its end could finish in the moment
+    between this check and the node's removal, and then there would be nothing left to continue.
+    """
     for path in glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "segments.json")):
         folder = os.path.dirname(path)
         task, algorithm, seed = folder.split(os.sep)[-3:]
@@ -24,7 +32,8 @@ def _on_worker_with_checkpoint(runs_dir: str, results_dir: str, worker_id: str) 
                 segments = json.load(f)["segments"]
         except (OSError, ValueError):
             continue
-        if segments[-1]["node"] == worker_id and glob.glob(os.path.join(folder, "seg*", "**", "complete"), recursive=True):
+        points = [latest_checkpoint(c) for c in glob.glob(os.path.join(folder, "seg*", "**", "checkpoints"), recursive=True)]
+        if segments[-1]["node"] == worker_id and any(p is not None and p[0] <= budget // 2 for p in points):
             return folder
     return None
 
@@ -42,11 +51,13 @@ def test_smoke_suite_survives_losing_the_worker_node(tmp_path):
         command = [sys.executable, os.path.join(REPO, "benchmarks", "suite.py"), "smoke", "--only-tasks", "pendulum"]
         command += ["--ray-address", cluster.address, "--results-dir", results, "--runs-dir", runs, "--status-every", "0"]
         runner = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(os.path.join(REPO, "benchmarks", "suites", "smoke.yml")) as f:
+            budget = yaml.safe_load(f)["tasks"]["pendulum"]["sim_steps"]  # no action repeat: decisions
         deadline, cut = time.monotonic() + 600, None
         while cut is None:
             assert runner.poll() is None, "every run ended before one on the worker reached a checkpoint"
             assert time.monotonic() < deadline
-            cut = _on_worker_with_checkpoint(runs, results, worker.node_id)
+            cut = _on_worker_with_checkpoint(runs, results, worker.node_id, budget)
             time.sleep(0.2)
         finished_before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(results, "raw", "*", "*.json"))}
         cluster.remove_node(worker)

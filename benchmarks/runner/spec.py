@@ -1,28 +1,7 @@
 """
 Suite files (``benchmarks/suites/<name>.yml``) parsed into a typed model, and the runs they name.
 
-A suite is tasks x algorithms x seeds::
-
-    description: free text, copied into summary.md        # optional
-    seeds: [0, 1, 2]
-    defaults: {action_repeat: 2, sim_steps: 100000}        # optional: task fields shared by all tasks
-    tasks:
-      cartpole-swingup:
-        env: dm_control/cartpole-swingup-v0   # the env id given to --env
-        action_repeat: 2      # simulator steps per decision (default 1), checked against what the
-                              # hyperparameter files apply (the runner cannot apply it itself)
-        sim_steps: 100000     # budget in simulator steps, a multiple of eval_every
-        eval_every: 10000     # simulator steps between evaluations
-        eval_episodes: 5      # deterministic episodes per evaluation
-        score: return         # "return" or "success" (info["is_success"] at episode end)
-        score_range: [0, 1000]  # optional [worst, best] for normalised scores (default by score)
-        env_kwargs: {}        # optional rl-zoo3 --env-kwargs (Python literals)
-        extra_args: []        # optional further rl-zoo3 train flags
-    algorithms:
-      m3po_no_bonus: {algo: m3po, params: {bonus_kwargs: {coef: 0.0}}, extra_args: []}
-
-Budgets are simulator steps (TD-MPC2's convention): with action repeat 2, 100k simulator steps are the
-50k agent decisions that rl-zoo3's ``-n`` counts.
+The format of a suite file is described in ``benchmarks/suites/README.md``.
 """
 
 import difflib
@@ -83,7 +62,7 @@ class _Strict(BaseModel):
 
 
 class Task(_Strict):
-    """One environment with its budget and how it is scored (fields as in the module docstring)."""
+    """One environment with its budget and how it is scored (fields as in ``benchmarks/suites/README.md``)."""
 
     name: str = Name
     env: str = Field(min_length=1)
