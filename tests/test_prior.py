@@ -24,6 +24,16 @@ def test_state_dependent_std_stays_within_its_bounds(tiny):
     assert std.std() > 0, "the std should vary with the state"
 
 
+def test_state_dependent_std_leaves_the_unused_global_log_std_out_of_both_optimizers(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=TDMPC2_PRIOR, **tiny)
+    policy = model.policy
+    for optimizer in (policy.optimizer, policy.prior_optimizer):
+        assert optimizer is not None
+        assert all(p is not policy.log_std for group in optimizer.param_groups for p in group["params"])
+    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    assert any(p is plain.log_std for group in plain.optimizer.param_groups for p in group["params"])
+
+
 def test_squashed_sample_is_in_bounds_and_its_entropy_is_the_scaled_gaussian_entropy(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs=TDMPC2_PRIOR, **tiny)
     policy = model.policy

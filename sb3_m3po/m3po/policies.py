@@ -190,13 +190,15 @@ class M3POPolicy(BasePolicy):
         # (num_tasks, action_dim) 0/1, derived from the constructor arguments, so not saved in the state dict
         self.action_masks: th.Tensor | None
         self.register_buffer("action_masks", masks, persistent=False)
-        prior_params = [*self.actor.parameters(), *self.value_net.parameters(), self.log_std]
+        # a state-dependent std comes out of the actor: the global log_std is then unused and left out
+        global_std = [] if self.prior_config.state_std else [self.log_std]
+        prior_params = [*self.actor.parameters(), *self.value_net.parameters(), *global_std]
         self.optimizer = self.optimizer_class(prior_params, lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         # the "sample" objective's steps get their own Adam, as TD-MPC2's policy: its gradient statistics
         # are those of the Q objective alone, whatever PPO does with the shared parameters
         self.prior_optimizer: th.optim.Adam | None = None
         if self.prior_config.objective == "sample":
-            actor_params = [*self.actor.parameters(), self.log_std]
+            actor_params = [*self.actor.parameters(), *global_std]
             self.prior_optimizer = th.optim.Adam(actor_params, lr=self.prior_config.learning_rate, eps=1e-5)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

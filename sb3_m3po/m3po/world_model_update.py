@@ -82,8 +82,8 @@ def q_guided_prior_step(
     task: th.Tensor | None,
     config: WorldModelTrainingConfig,
     max_grad_norm: float,
-    q_scale: float,
-) -> float:
+    q_scale: float | th.Tensor,
+) -> th.Tensor:
     """
     One step of the prior up the Q ensemble, on the latents of a world-model batch (``prior_kwargs['objective']``).
 
@@ -97,7 +97,8 @@ def q_guided_prior_step(
     percentile range of Q (at least 1), stepped by the prior's own Adam.
 
     :param latents: ``(H, B, L)`` latents of the batch (detached here)
-    :return: the updated running Q scale
+    :param q_scale: the running Q scale (a tensor on the policy's device stays there: no host sync per step)
+    :return: the updated running Q scale, a 0-dim tensor
     """
     wm, prior = policy.world_model, policy.prior_config
     latents = latents.detach()
@@ -112,13 +113,13 @@ def q_guided_prior_step(
     finally:
         wm.q_ensemble.requires_grad_(True)
     if sample:
-        low, high = th.quantile(q[0].detach().flatten(), th.tensor([0.05, 0.95], device=q.device)).tolist()
-        q_scale = 0.99 * q_scale + 0.01 * max(high - low, 1.0)
+        spread = th.quantile(q[0].detach().flatten(), q.new_tensor([0.05, 0.95])).diff()[0].clamp(min=1.0)
     else:
-        q_scale = 0.99 * q_scale + 0.01 * float(q.detach().abs().mean())
+        spread = q.detach().abs().mean()
+    q_scale = 0.99 * th.as_tensor(q_scale, dtype=q.dtype, device=q.device) + 0.01 * spread
     horizon = latents.shape[0]
     weights = config.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
-    objective = q / max(q_scale, 1.0) + prior.entropy_coef * entropy
+    objective = q / q_scale.clamp(min=1.0) + prior.entropy_coef * entropy
     loss = -config.prior_q_coef * (objective * weights).mean()
     optimizer = policy.prior_optimizer if sample else policy.optimizer
     assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
@@ -160,6 +161,7 @@ def update_world_model(
     wm = policy.world_model
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals = th.zeros(5, device=policy.device)
+    scale = th.as_tensor(q_scale, dtype=th.float32, device=policy.device)
     for _ in range(steps):
         batch = replay.sample(config.batch_size, horizon, vec_normalize)
         task = policy.task_ids(batch.observations)
@@ -179,8 +181,8 @@ def update_world_model(
         optimizer.step()
         wm.soft_update_target(config.tau)
         if config.prior_q_coef > 0:
-            q_scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, q_scale)
+            scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, scale)
         step_stats = (losses.consistency, losses.reward, losses.value, losses.termination, grad_norm)
         totals += th.stack([part.detach() for part in step_stats])
     consistency, reward, value, termination, grad_norm = (totals / max(steps, 1)).tolist()
-    return WorldModelStats(consistency, reward, value, termination, grad_norm, steps, q_scale)
+    return WorldModelStats(consistency, reward, value, termination, grad_norm, steps, float(scale))
