@@ -341,3 +341,15 @@ def test_committed_summaries_regenerate_from_their_records(tmp_path):
             assert text == f.read(), (
                 f"benchmarks/results/{name}/summary.md is stale: python benchmarks/suite.py {name} --summarize"
             )
+
+
+def test_summary_of_a_suite_whose_main_algorithms_have_no_run_yet(tmp_path):
+    # only a diagnostic has finished: the summary says so instead of failing on an empty main figure
+    committed = os.path.join(REPO, "benchmarks", "results", "mujoco_diagnostics", "raw", "hopper")
+    os.makedirs(tmp_path / "raw" / "hopper")
+    for suffix in (".json", ".csv"):
+        shutil.copy(os.path.join(committed, f"tdmpc2_core_seed0{suffix}"), tmp_path / "raw" / "hopper")
+    text = report.summarize(spec.load_suite("mujoco_diagnostics"), runs.Layout(str(tmp_path), str(tmp_path / "runs")))
+    assert "No finished runs of `m3po`, `sac` yet." in text
+    assert not (tmp_path / "learning_curves.png").exists()
+    assert (tmp_path / "ablations.png").exists() and "![ablations](ablations.png)" in text

@@ -111,12 +111,18 @@ def _colors(suite: Suite) -> dict[str, Any]:
 
 def plot_curves(
     suite: Suite, curves: pd.DataFrame, path: str, algorithms: list[str], references: bool, title: str = ""
-) -> None:
-    """One panel per task: the mean over seeds with its 95 % bootstrap band, and the published 100k values."""
+) -> bool:
+    """
+    One panel per task: the mean over seeds with its 95 % bootstrap band, and the published 100k values.
+
+    :return: False (and no figure) when none of ``algorithms`` has a finished run yet
+    """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     tasks = [t for t in suite.tasks.values() if ((curves.task == t.name) & curves.algorithm.isin(algorithms)).any()]
+    if not tasks:
+        return False
     ncols = 2 if len(tasks) == 4 else min(len(tasks), 3)
     nrows = -(-len(tasks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
@@ -147,6 +153,7 @@ def plot_curves(
     fig.tight_layout(rect=(0, 0.045 * rows + 0.06 / nrows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def aggregate(suite: Suite, runs: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.DataFrame, list[str]]:
@@ -376,8 +383,11 @@ def summarize(suite: Suite, layout: Layout) -> str:
             plot_aggregate(suite, matrices, agg, os.path.join(layout.results, "aggregate.png"))
             lines += ["", "![aggregate](aggregate.png)"]
         main = [a for a in MAIN_ALGORITHMS if a in suite.algorithms] or list(suite.algorithms)
-        plot_curves(suite, curves, os.path.join(layout.results, "learning_curves.png"), main, references=True)
-        lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)"]
+        lines += ["", "## Learning curves", ""]
+        if plot_curves(suite, curves, os.path.join(layout.results, "learning_curves.png"), main, references=True):
+            lines += ["![learning curves](learning_curves.png)"]
+        else:
+            lines += [f"No finished runs of {', '.join(f'`{a}`' for a in main)} yet."]
         others = [a for a in suite.algorithms if a not in main and a in set(runs.algorithm)]
         if others and "m3po" in main:
             path = os.path.join(layout.results, "ablations.png")
