@@ -1,7 +1,8 @@
+import pytest
 import torch as th
 
 from sb3_m3po import M3PO
-from sb3_m3po.common.layers import EnsembleMLP
+from sb3_m3po.common.layers import EnsembleLinear, EnsembleMLP
 from sb3_m3po.m3po.config import WorldModelConfig, WorldModelTrainingConfig
 from sb3_m3po.m3po.world_model import WorldModel
 from sb3_m3po.m3po.world_model_update import world_model_targets
@@ -61,3 +62,27 @@ def test_polyak_target_update():
     for b, t, p in zip(before, wm.target_q_ensemble.parameters(), wm.q_ensemble.parameters()):
         assert th.allclose(t, 0.75 * b + 0.25 * p)
     assert not any(p.requires_grad for p in wm.target_q_ensemble.parameters())
+
+
+def test_small_weight_init_gives_tdmpc2_scales_and_keeps_zero_heads():
+    config = WorldModelConfig(latent_dim=64, enc_dim=128, mlp_dim=128, num_q=3, num_bins=21, task_dim=4, weight_init="small")
+    wm = WorldModel(obs_dim=9, action_dim=2, config=config, num_tasks=3, episodic=True)
+    weights = [m.weight for m in wm.modules() if isinstance(m, th.nn.Linear | EnsembleLinear | th.nn.Embedding)]
+    zero_heads = {id(wm.reward_head[-1].weight), id(wm.q_ensemble.head.weight), id(wm.target_q_ensemble.head.weight)}
+    for w in weights:
+        if id(w) in zero_heads:
+            assert th.count_nonzero(w) == 0, "reward and Q output layers start at 0 (predictions 0)"
+        elif w is wm.task_embedding.weight:
+            assert w.abs().max() <= 0.02
+        else:
+            assert 0.015 < float(w.std()) < 0.025, f"a weight of shape {tuple(w.shape)} has std {float(w.std()):.3f}"
+    default = WorldModel(obs_dim=9, action_dim=2, config=WorldModelConfig(latent_dim=64, enc_dim=128))
+    assert float(default.encoder[0].weight.std()) > 0.1, "PyTorch's default is several times larger on a 9-input layer"
+    for p, t in zip(wm.q_ensemble.parameters(), wm.target_q_ensemble.parameters()):
+        assert th.equal(p, t)
+
+
+def test_weight_init_typo_names_the_setting(tiny):
+    tiny["policy_kwargs"]["architecture"]["weight_init"] = "tdmpc"
+    with pytest.raises(ValueError, match="weight_init must be 'torch' or 'small', got 'tdmpc'"):
+        M3PO("MlpPolicy", "Pendulum-v1", **tiny)

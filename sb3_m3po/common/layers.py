@@ -45,6 +45,22 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def small_init_(module: nn.Module, std: float = 0.02) -> None:
+    """
+    TD-MPC2's initialisation, in place: every linear weight (plain or ensemble) drawn from a normal of ``std``,
+    biases 0, embeddings uniform in ``[-std, std]``.
+
+    Most of these layers feed a LayerNorm or a SimNorm, which undo a weight's scale in the forward pass, so the
+    scale sets how far one Adam step moves a layer relative to its weights: small weights learn faster.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear | EnsembleLinear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.uniform_(m.weight, -std, std)
+
+
 class EnsembleLinear(nn.Module):
     """``num_members`` independent linear layers evaluated with one batched matmul."""
 

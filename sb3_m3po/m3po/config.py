@@ -127,6 +127,8 @@ class WorldModelConfig:
     :param vmax: highest bin (symlog space)
     :param simnorm_dim: SimNorm group size
     :param task_dim: task embedding size (multi-task only)
+    :param weight_init: ``"torch"`` (PyTorch's default initialisation) or ``"small"`` (TD-MPC2's: weights of std
+        0.02 in the world model and the prior, :func:`~sb3_m3po.common.layers.small_init_`)
     """
 
     latent_dim: int = 64
@@ -139,10 +141,12 @@ class WorldModelConfig:
     vmax: float = 10.0
     simnorm_dim: int = 8
     task_dim: int = 16
+    weight_init: str = "torch"
 
     def __post_init__(self) -> None:
         _check(
             [
+                (self.weight_init in ("torch", "small"), f"weight_init must be 'torch' or 'small', got {self.weight_init!r}"),
                 (
                     self.latent_dim % self.simnorm_dim == 0,
                     f"latent_dim={self.latent_dim} must be a multiple of simnorm_dim={self.simnorm_dim}",

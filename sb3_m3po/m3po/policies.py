@@ -12,7 +12,7 @@ from stable_baselines3.common.utils import is_vectorized_observation
 from torch import nn
 from torch.distributions import Normal
 
-from sb3_m3po.common.layers import mlp
+from sb3_m3po.common.layers import mlp, small_init_
 from sb3_m3po.common.math import masked_gaussian_entropy, masked_gaussian_log_prob
 from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.common.utils import NonFiniteError, check_observation_space, flatten_observation
@@ -175,11 +175,13 @@ class M3POPolicy(BasePolicy):
         self.actor = mlp(in_dim, pi_layers, prior_outputs, activation_fn=self.activation_fn)
         self.value_net = mlp(in_dim, vf_layers, 1, activation_fn=self.activation_fn)
         self.log_std = nn.Parameter(th.full((self.action_dim,), self.log_std_init))
-        # Small initial prior means, as SB3 does for PPO's action head
-        actor_out = self.actor[-1]
-        assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
-        nn.init.orthogonal_(actor_out.weight, gain=0.01)
-        nn.init.zeros_(actor_out.bias)
+        if self.model_config.weight_init == "small":
+            small_init_(self.actor)
+        else:  # small initial prior means, as SB3 does for PPO's action head
+            actor_out = self.actor[-1]
+            assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
+            nn.init.orthogonal_(actor_out.weight, gain=0.01)
+            nn.init.zeros_(actor_out.bias)
         self.planner = MPPIPlanner(self.planner_config, self.gamma, compile=self.torch_compile)
         # the algorithm calls this for the world-model loss; compiled, its backward is one graph too
         losses = self.world_model.losses

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch as th
 from torch import nn
 
-from sb3_m3po.common.layers import EnsembleMLP, SimNorm, mlp
+from sb3_m3po.common.layers import EnsembleMLP, SimNorm, mlp, small_init_
 from sb3_m3po.common.math import soft_ce, two_hot_inv
 from sb3_m3po.common.task_ids import TaskIdCodec
 from sb3_m3po.m3po.config import WorldModelConfig, WorldModelTrainingConfig
@@ -50,6 +50,9 @@ class WorldModel(nn.Module):
         self.dynamics = mlp(latent + action_dim + t, width, latent, SimNorm(config.simnorm_dim))
         self.reward_head = mlp(latent + action_dim + t, width, config.num_bins)
         self.q_ensemble = EnsembleMLP(config.num_q, latent + action_dim + t, width, config.num_bins)
+        self.small_init = config.weight_init == "small"
+        if self.small_init:
+            small_init_(self)
         # Zero-init output layers so initial reward/Q predictions are 0 (as in TD-MPC2)
         reward_out = self.reward_head[-1]
         assert isinstance(reward_out, nn.Linear), f"the reward head must end in nn.Linear, got {reward_out}"
@@ -70,6 +73,8 @@ class WorldModel(nn.Module):
         """
         with th.random.fork_rng(devices=[]):
             head = mlp(self.latent_dim + self.task_dim, [self._mlp_dim], 1)
+            if self.small_init:
+                small_init_(head)
         device = next(self.parameters()).device
         self.termination_head = head.to(device)
         return self.termination_head
