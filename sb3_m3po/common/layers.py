@@ -50,8 +50,10 @@ def small_init_(module: nn.Module, std: float = 0.02) -> None:
     TD-MPC2's initialisation, in place: every linear weight (plain or ensemble) drawn from a normal of ``std``,
     biases 0, embeddings uniform in ``[-std, std]``.
 
-    Most of these layers feed a LayerNorm or a SimNorm, which undo a weight's scale in the forward pass, so the
-    scale sets how far one Adam step moves a layer relative to its weights: small weights learn faster.
+    A hidden layer feeds a LayerNorm, which undoes its weights' scale in the forward pass; the scale then only sets
+    how far one Adam step (of about the learning rate) moves the layer relative to its weights, so small weights learn
+    faster. PyTorch's default scale grows as the input shrinks (std ``1 / sqrt(3 * fan_in)``): an encoder's first
+    layer on a few observation features starts an order of magnitude larger than TD-MPC2's.
     """
     for m in module.modules():
         if isinstance(m, nn.Linear | EnsembleLinear):
