@@ -36,17 +36,6 @@ def worker_command(args: argparse.Namespace, storage: str, worker: int) -> list[
     ]  # fmt: skip
 
 
-def markdown_table(frame) -> str:  # type: ignore[no-untyped-def]
-    """Markdown table of a DataFrame (pandas' own needs the optional ``tabulate``)."""
-
-    def cell(value: object) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    rows = [" | ".join(map(str, frame.columns)), " | ".join("---" for _ in frame.columns)]
-    rows += [" | ".join(cell(v) for v in row) for row in frame.itertuples(index=False)]
-    return "\n".join(f"| {row} |" for row in rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", help="PostgreSQL URL; default: start a local throwaway server")
@@ -107,7 +96,7 @@ def main() -> None:
         "",
         f"Best trial: #{best.number}, mean eval return {best.value:.1f}.",
         "",
-        markdown_table(shown),
+        shown.to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
     with open(os.path.join(args.out, "summary.md"), "w") as f:
