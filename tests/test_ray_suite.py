@@ -17,15 +17,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _on_worker_with_checkpoint(runs_dir: str, results_dir: str, worker_id: str, budget: int) -> str | None:
     """
-    A run folder whose current segment runs on the worker node, has a complete checkpoint and no record yet.
+    An M3PO run folder whose current segment runs on the worker node, has a complete checkpoint and no record yet.
 
-    Only a checkpoint at most half-way to ``budget`` counts: a run nearer its end could finish in the moment
-    between this check and the node's removal, and then there would be nothing left to continue.
+    Only M3PO runs at most half-way to ``budget`` count: a run nearer its end, or a PPO/SAC run (seconds from
+    half-way to the end), could finish while the node is taken down (its processes get a second to stop), and
+    then there would be nothing left to continue.
     """
     for path in glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "segments.json")):
         folder = os.path.dirname(path)
         task, algorithm, seed = folder.split(os.sep)[-3:]
-        if os.path.exists(os.path.join(results_dir, "raw", task, f"{algorithm}_{seed}.json")):
+        if algorithm != "m3po" or os.path.exists(os.path.join(results_dir, "raw", task, f"{algorithm}_{seed}.json")):
             continue
         try:
             with open(path) as f:
