@@ -7,7 +7,7 @@ import pytest
 import torch as th
 
 from sb3_m3po import M3PO
-from sb3_m3po.m3po.world_model_update import q_guided_prior_step, world_model_targets
+from sb3_m3po.m3po.world_model_update import prior_saturation, q_guided_prior_step, world_model_targets
 
 TDMPC2_PRIOR = {"objective": "sample", "state_std": True, "target_action": "sample"}
 
@@ -18,7 +18,7 @@ def test_state_dependent_std_stays_within_its_bounds(tiny):
     policy = model.policy
     with th.no_grad():
         policy.actor[-1].weight.normal_(std=100.0)  # saturate the log-std output both ways
-        z = policy.world_model.encode(th.randn(256, policy.obs_dim))
+        z = th.randn(256, policy.world_model.latent_dim)  # spread latents: some saturate each way
         _, std = policy.prior_mean_std(z)
     assert std.min() >= math.exp(-3) - 1e-6 and std.max() <= math.exp(1) + 1e-6
     assert std.std() > 0, "the std should vary with the state"
@@ -129,3 +129,18 @@ def test_invalid_prior_settings_are_named(prior_kwargs, needle):
     with pytest.raises(ValueError) as error:
         M3PO("MlpPolicy", "Pendulum-v1", prior_kwargs=prior_kwargs)
     assert needle in str(error.value)
+
+
+def test_prior_saturation_counts_the_mean_components_at_the_action_bounds(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    policy = model.policy
+    z = policy.world_model.encode(th.randn(64, policy.obs_dim))
+    assert prior_saturation(policy, z, None) == 0.0, "a fresh prior's mean is near 0"
+    with th.no_grad():
+        policy.actor[-1].bias.fill_(10.0)  # tanh(10) > 0.99: every mean at the upper bound
+    assert prior_saturation(policy, z, None) == 1.0
+
+
+def test_prior_saturation_is_logged_after_a_world_model_update(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).learn(96)
+    assert 0.0 <= model.logger.name_to_value["train/prior_saturation"] <= 1.0

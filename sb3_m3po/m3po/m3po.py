@@ -445,7 +445,7 @@ class M3PO(M3POSaveLoad, PPO):
             raise NonFiniteError(f"at timestep {self.num_timesteps}: {error}") from error
         self._q_scale = stats.q_scale
         for key, value in stats._asdict().items():
-            self.logger.record(f"train/wm_{key}" if key != "q_scale" else "train/q_scale", value)
+            self.logger.record(f"train/{key}" if key in ("q_scale", "prior_saturation") else f"train/wm_{key}", value)
 
     # ------------------------------------------------------------------ per-task metrics
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:

@@ -25,6 +25,7 @@ class WorldModelStats(NamedTuple):
     grad_norm: float
     gradient_steps: int
     q_scale: float
+    prior_saturation: float  # share of the prior mean's components at |mu| > 0.99 on the last batch's latents
 
 
 def world_model_optimizer(world_model: WorldModel, config: WorldModelTrainingConfig, **kwargs: Any) -> th.optim.Adam:
@@ -185,4 +186,18 @@ def update_world_model(
         step_stats = (losses.consistency, losses.reward, losses.value, losses.termination, grad_norm)
         totals += th.stack([part.detach() for part in step_stats])
     consistency, reward, value, termination, grad_norm = (totals / max(steps, 1)).tolist()
-    return WorldModelStats(consistency, reward, value, termination, grad_norm, steps, float(scale))
+    saturation = prior_saturation(policy, losses.latents[0], task) if steps else 0.0
+    return WorldModelStats(consistency, reward, value, termination, grad_norm, steps, float(scale), saturation)
+
+
+@th.no_grad()
+def prior_saturation(policy: M3POPolicy, latents: th.Tensor, task: th.Tensor | None, bound: float = 0.99) -> float:
+    """
+    Share of the prior mean's valid action components with ``|mu| > bound``: a tanh-squashed mean that sits at
+    the action bounds gets almost no gradient from either update, and Q's targets read a bang-bang action there.
+    """
+    mean = policy.prior_mean(latents.detach(), task).abs() > bound
+    mask = policy.action_mask(task)
+    if mask is None:
+        return float(mean.float().mean())
+    return float((mean * mask).sum() / mask.sum().clamp(min=1))
