@@ -40,7 +40,7 @@ def test_squashed_sample_is_in_bounds_and_its_entropy_is_the_scaled_gaussian_ent
     z = policy.world_model.encode(th.randn(64, policy.obs_dim))
     generator = th.Generator().manual_seed(3)
     action, entropy = policy.squashed_sample(z, None, generator)
-    pre_mean, log_std = policy._prior_head(z, None)
+    pre_mean, log_std = policy.prior_head(z, None)
     eps = th.randn(pre_mean.shape, generator=th.Generator().manual_seed(3))
     assert th.allclose(action, th.tanh(pre_mean + eps * log_std.exp()))
     assert action.abs().max() <= 1
@@ -144,3 +144,28 @@ def test_prior_saturation_counts_the_mean_components_at_the_action_bounds(tiny):
 def test_prior_saturation_is_logged_after_a_world_model_update(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).learn(96)
     assert 0.0 <= model.logger.name_to_value["train/prior_saturation"] <= 1.0
+
+
+def test_mean_reg_pulls_a_saturated_prior_mean_back_inside_the_tanh(tiny):
+    # a pre-tanh mean of 10 gets no gradient through the tanh from Q; the mean_reg term moves it back
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"mean_reg": 1e-2}, **tiny)
+    policy = model.policy
+    with th.no_grad():
+        policy.actor[-1].bias.fill_(10.0)
+    latents = policy.world_model.encode(th.randn(3, 32, policy.obs_dim))
+    before = float(policy.prior_head(latents, None)[0].mean())
+    for _ in range(20):
+        q_guided_prior_step(policy, latents, None, model.world_model_config, model.max_grad_norm, 1.0)
+    after = float(policy.prior_head(latents, None)[0].mean())
+    assert after < before - 0.05, f"pre-tanh mean {before:.2f} -> {after:.2f}"
+    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    with th.no_grad():
+        plain.actor[-1].bias.fill_(10.0)
+    for _ in range(20):
+        q_guided_prior_step(plain, latents, None, model.world_model_config, model.max_grad_norm, 1.0)
+    assert abs(float(plain.prior_head(latents, None)[0].mean()) - before) < 0.05, "without it the mean stays saturated"
+
+
+def test_negative_mean_reg_is_refused(tiny):
+    with pytest.raises(ValueError, match="mean_reg must be >= 0, got -1"):
+        M3PO("MlpPolicy", "Pendulum-v1", prior_kwargs={"mean_reg": -1}, **tiny)

@@ -274,6 +274,9 @@ class PriorConfig:
     :param learning_rate: Adam learning rate of the ``"sample"`` objective
     :param log_std_min: lower bound of a state-dependent log std
     :param log_std_max: upper bound of a state-dependent log std
+    :param mean_reg: weight of ``mean(u ** 2)``, ``u`` the prior's pre-tanh mean, in the Q-guided step's loss
+        (as the original SAC's ``mean_reg``): without it ``u`` can drift far past the tanh's bounds, where
+        neither update's gradient reaches it and the prior is a constant bang-bang action
     """
 
     objective: str = "mean"
@@ -283,10 +286,12 @@ class PriorConfig:
     learning_rate: float = 3e-4
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    mean_reg: float = 0.0
 
     def __post_init__(self) -> None:
         _check(
             [
+                (self.mean_reg >= 0, f"mean_reg must be >= 0, got {self.mean_reg}"),
                 (self.objective in ("mean", "sample"), f"objective must be 'mean' or 'sample', got {self.objective!r}"),
                 (
                     self.target_action in ("mean", "sample"),

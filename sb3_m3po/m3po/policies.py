@@ -268,7 +268,7 @@ class M3POPolicy(BasePolicy):
         A reparameterised sample ``tanh(u + sigma * eps)`` of the prior (``u`` the pre-tanh mean), and the entropy of
         the Gaussian before the squash times the number of valid action dims (TD-MPC2's scaled entropy), ``(..., 1)``.
         """
-        pre_mean, log_std = self._prior_head(z, task)
+        pre_mean, log_std = self.prior_head(z, task)
         eps = th.randn(pre_mean.shape, generator=generator, device=pre_mean.device, dtype=pre_mean.dtype)
         mask = self.action_mask(task)
         log_density = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
@@ -287,7 +287,7 @@ class M3POPolicy(BasePolicy):
         # world-model losses shape the encoder and the embedding
         return self.world_model.with_task(z, task).detach()
 
-    def _prior_head(self, z: th.Tensor, task: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
+    def prior_head(self, z: th.Tensor, task: th.Tensor | None) -> tuple[th.Tensor, th.Tensor]:
         """Pre-tanh mean and log std of the prior, ``(..., action_dim)`` each."""
         out = self.actor(self._head_input(z, task))
         if not self.prior_config.state_std:
@@ -300,7 +300,7 @@ class M3POPolicy(BasePolicy):
         """Prior mean in ``[-1, 1]`` (0 on the masked action dims of multi-task policies) and std."""
         # tanh keeps the mean inside the action bounds: the planner's terminal value and the TD
         # targets evaluate Q at this action, and Q is only trained on executed (in-bounds) actions
-        pre_mean, log_std = self._prior_head(z, task)
+        pre_mean, log_std = self.prior_head(z, task)
         mean = th.tanh(pre_mean)
         mask = self.action_mask(task)
         return (mean if mask is None else mean * mask), log_std.exp()

@@ -122,6 +122,8 @@ def q_guided_prior_step(
     weights = config.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
     objective = q / q_scale.clamp(min=1.0) + prior.entropy_coef * entropy
     loss = -config.prior_q_coef * (objective * weights).mean()
+    if prior.mean_reg > 0:
+        loss = loss + prior.mean_reg * policy.prior_head(latents, task)[0].pow(2).mean()
     optimizer = policy.prior_optimizer if sample else policy.optimizer
     assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
     optimizer.zero_grad(set_to_none=True)
