@@ -262,13 +262,19 @@ class M3POPolicy(BasePolicy):
         return self.squashed_sample(z, task, generator)[0]
 
     def squashed_sample(
-        self, z: th.Tensor, task: th.Tensor | None, generator: th.Generator | None = None
+        self,
+        z: th.Tensor,
+        task: th.Tensor | None,
+        generator: th.Generator | None = None,
+        head: tuple[th.Tensor, th.Tensor] | None = None,
     ) -> tuple[th.Tensor, th.Tensor]:
         """
         A reparameterised sample ``tanh(u + sigma * eps)`` of the prior (``u`` the pre-tanh mean), and the entropy of
         the Gaussian before the squash times the number of valid action dims (TD-MPC2's scaled entropy), ``(..., 1)``.
+
+        :param head: :meth:`prior_head` of ``z`` if the caller has it already
         """
-        pre_mean, log_std = self.prior_head(z, task)
+        pre_mean, log_std = self.prior_head(z, task) if head is None else head
         eps = th.randn(pre_mean.shape, generator=generator, device=pre_mean.device, dtype=pre_mean.dtype)
         mask = self.action_mask(task)
         log_density = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
@@ -296,11 +302,17 @@ class M3POPolicy(BasePolicy):
         low, high = self.prior_config.log_std_min, self.prior_config.log_std_max
         return pre_mean, low + 0.5 * (high - low) * (th.tanh(raw_log_std) + 1)
 
-    def prior_mean_std(self, z: th.Tensor, task: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor]:
-        """Prior mean in ``[-1, 1]`` (0 on the masked action dims of multi-task policies) and std."""
+    def prior_mean_std(
+        self, z: th.Tensor, task: th.Tensor | None = None, head: tuple[th.Tensor, th.Tensor] | None = None
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        Prior mean in ``[-1, 1]`` (0 on the masked action dims of multi-task policies) and std.
+
+        :param head: :meth:`prior_head` of ``z`` if the caller has it already
+        """
         # tanh keeps the mean inside the action bounds: the planner's terminal value and the TD
         # targets evaluate Q at this action, and Q is only trained on executed (in-bounds) actions
-        pre_mean, log_std = self.prior_head(z, task)
+        pre_mean, log_std = self.prior_head(z, task) if head is None else head
         mean = th.tanh(pre_mean)
         mask = self.action_mask(task)
         return (mean if mask is None else mean * mask), log_std.exp()

@@ -104,12 +104,13 @@ def q_guided_prior_step(
     wm, prior = policy.world_model, policy.prior_config
     latents = latents.detach()
     sample = prior.objective == "sample"
+    head = policy.prior_head(latents, task)  # one actor pass serves the action and the mean_reg term
     wm.q_ensemble.requires_grad_(False)
     try:
         if sample:
-            action, entropy = policy.squashed_sample(latents, task)
+            action, entropy = policy.squashed_sample(latents, task, head=head)
         else:
-            action, entropy = policy.prior_mean(latents, task), th.zeros(())
+            action, entropy = policy.prior_mean_std(latents, task, head=head)[0], th.zeros(())
         q = wm.q_value(latents, action, task)  # (H, B, 1)
     finally:
         wm.q_ensemble.requires_grad_(True)
@@ -123,7 +124,7 @@ def q_guided_prior_step(
     objective = q / q_scale.clamp(min=1.0) + prior.entropy_coef * entropy
     loss = -config.prior_q_coef * (objective * weights).mean()
     if prior.mean_reg > 0:
-        loss = loss + prior.mean_reg * policy.prior_head(latents, task)[0].pow(2).mean()
+        loss = loss + prior.mean_reg * head[0].pow(2).mean()
     optimizer = policy.prior_optimizer if sample else policy.optimizer
     assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
     optimizer.zero_grad(set_to_none=True)
@@ -198,7 +199,7 @@ def prior_saturation(policy: M3POPolicy, latents: th.Tensor, task: th.Tensor | N
     Share of the prior mean's valid action components with ``|mu| > bound``: a tanh-squashed mean that sits at
     the action bounds gets almost no gradient from either update, and Q's targets read a bang-bang action there.
     """
-    mean = policy.prior_mean(latents.detach(), task).abs() > bound
+    mean = policy.prior_mean(latents, task).abs() > bound
     mask = policy.action_mask(task)
     if mask is None:
         return float(mean.float().mean())
