@@ -1,9 +1,8 @@
 """
 A throwaway local PostgreSQL server for Optuna studies shared by several tuning processes.
 
-Used by the distributed-tuning test and ``benchmarks/tune_postgres.py``; for tuning across
-machines point ``--storage`` at a real server instead (see the README). PostgreSQL refuses to
-run as root, so as root the server runs as the ``postgres`` system user.
+Used by the distributed-tuning tests; for tuning across machines point ``--storage`` at a real server
+instead (see the README). PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` system user.
 """
 
 import glob

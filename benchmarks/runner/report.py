@@ -1,20 +1,20 @@
 """
 A suite's report from its committed raw records: ``runs.csv``, ``summary.md`` and the figures.
 
-Records and curves are read into two pandas tables (one row per run, one row per evaluation); per-task CIs
-are percentile bootstraps over seeds (SciPy), aggregates (IQM, mean, performance profiles) come from rliable
-with seeded resampling, so regenerating a summary from the same records gives the same numbers.
+Records and curves are read into two pandas tables (one row per run, one row per evaluation). Per-task CIs
+are percentile bootstraps over seeds; aggregates (IQM, mean, performance profiles) come from rliable. Every
+resampling is seeded, so regenerating a summary from the same records gives the same numbers.
 """
 
 import glob
 import json
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from runner.runs import Layout, shown_path, write_atomic
 from runner.spec import Run, Suite, current_spec
@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "task env algorithm algo seed sim_steps final_score normalised_final_score best_score wall_seconds "
     "sim_steps_per_second peak_rss_mib commit device machine finished_at"
 ).split()
+Finals = Callable[[str, str], pd.Series]  # (task, algorithm) -> final scores of its seeds
 
 
 def published(env: str, method: str) -> float | None:
@@ -38,33 +39,24 @@ def published(env: str, method: str) -> float | None:
     return float(rows.score.iloc[0]) if len(rows) else None
 
 
+def _resampled_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Means over the last axis of ``RESAMPLES`` resamples of it with replacement (new last axis)."""
+    n = values.shape[-1]
+    return values[..., rng.integers(0, n, (RESAMPLES, n))].mean(-1)
+
+
 def mean_ci(values: Any, axis: int = 0) -> tuple[Any, Any, Any]:
     """Mean over ``axis`` (seeds) with a 95 % percentile-bootstrap interval; a single seed gives a point."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = values.mean(axis)
-    if values.shape[axis] < 2 or np.all(np.ptp(values, axis=axis) == 0):
-        return mean, mean, mean
-    ci = stats.bootstrap((values,), np.mean, axis=axis, n_resamples=RESAMPLES, method="percentile", rng=0).confidence_interval
-    return mean, ci.low, ci.high
+    values = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
+    low, high = np.percentile(_resampled_means(values, np.random.default_rng(0)), [2.5, 97.5], axis=-1)
+    return values.mean(-1), low, high
 
 
 def diff_ci(a: Any, b: Any) -> tuple[float, float, float]:
     """``mean(a) - mean(b)`` with a 95 % percentile-bootstrap interval, the seeds of each side resampled independently."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = float(a.mean() - b.mean())
-    vary_a, vary_b = (len(s) > 1 and np.ptp(s) > 0 for s in (a, b))
-    if vary_a and vary_b:
-        statistic = lambda x, y, axis: x.mean(axis) - y.mean(axis)  # noqa: E731
-        ci = stats.bootstrap((a, b), statistic, n_resamples=RESAMPLES, method="percentile", rng=0).confidence_interval
-        return diff, float(ci.low), float(ci.high)
-    if not (vary_a or vary_b):
-        return diff, diff, diff
-    _, low, high = mean_ci(a if vary_a else b)  # one side is a constant: the other side's interval, shifted
-    return (
-        (diff, float(low - b.mean()), float(high - b.mean()))
-        if vary_a
-        else (diff, float(a.mean() - high), float(a.mean() - low))
-    )
+    a, b, rng = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), np.random.default_rng(0)
+    low, high = np.percentile(_resampled_means(a, rng) - _resampled_means(b, rng), [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(low), float(high)
 
 
 def load_results(suite: Suite, layout: Layout) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -232,13 +224,11 @@ def _count(hits: dict[str, list[int]]) -> dict[str, str]:
     return {name: f"{n} of {total}" if total else "-" for name, (n, total) in hits.items()}
 
 
-def _final_scores(suite: Suite, finals: Any) -> list[dict[str, str]]:
+def _final_scores(suite: Suite, finals: Finals) -> list[dict[str, str]]:
     rows = []
     for task in suite.tasks.values():
-        row = {
-            "task": task.name,
-            "budget": f"{task.sim_steps // 1000}k" if task.sim_steps % 1000 == 0 else str(task.sim_steps),
-        }
+        budget = f"{task.sim_steps // 1000}k" if task.sim_steps % 1000 == 0 else str(task.sim_steps)
+        row = {"task": task.name, "budget": budget}
         for algorithm in suite.algorithms:
             scores = finals(task.name, algorithm)
             row[algorithm] = _interval(scores, task.score) if len(scores) else "-"
@@ -249,7 +239,7 @@ def _final_scores(suite: Suite, finals: Any) -> list[dict[str, str]]:
     return rows
 
 
-def _versus(suite: Suite, finals: Any) -> list[dict[str, str]]:
+def _versus(suite: Suite, finals: Finals) -> list[dict[str, str]]:
     """The suite's first algorithm minus each other one, task by task, and the count of tasks it leads."""
     first, *others = suite.algorithms
     rows, ahead = [], {f"{first} - {n}": [0, 0] for n in others}
@@ -267,7 +257,7 @@ def _versus(suite: Suite, finals: Any) -> list[dict[str, str]]:
     return [*rows, {"task": f"`{first}` ahead on", **_count(ahead)}]
 
 
-def _gap(suite: Suite, finals: Any) -> list[dict[str, str]]:
+def _gap(suite: Suite, finals: Finals) -> list[dict[str, str]]:
     """Each algorithm's mean final score minus TD-MPC2's published 100k value."""
     rows, hits = [], {a: [0, 0] for a in suite.algorithms}
     for task in suite.tasks.values():
@@ -285,7 +275,7 @@ def _gap(suite: Suite, finals: Any) -> list[dict[str, str]]:
     return rows and [*rows, {"task": "at or above TD-MPC2", "TD-MPC2": "", **_count(hits)}]
 
 
-def _wall_clock(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame, finals: Any) -> list[dict[str, str]]:
+def _wall_clock(runs: pd.DataFrame, curves: pd.DataFrame, finals: Finals) -> list[dict[str, str]]:
     """Mean wall-clock per run, and the time each algorithm's runs took to first reach SAC's mean final score."""
     rows = []
     for (name, algorithm), mine in runs.groupby(["task", "algorithm"], sort=False):
@@ -297,9 +287,8 @@ def _wall_clock(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame, finals: 
                 hit = curve.sim_steps[curve.score >= sac.mean()]
                 times.append(record.wall_seconds * hit.iloc[0] / record.sim_steps / 60 if len(hit) else np.nan)
             reached = [t for t in times if not np.isnan(t)]
-            reach = (
-                f"{np.mean(reached):.0f} ({len(reached)} of {len(times)})" if reached else f"not reached (0 of {len(times)})"
-            )
+            reach = f"{np.mean(reached):.0f}" if reached else "not reached"
+            reach += f" ({len(reached)} of {len(times)})"
         rows.append(
             {
                 "task": name,
@@ -333,6 +322,30 @@ def _per_task(suite: Suite, runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _figures(suite: Suite, runs: pd.DataFrame, curves: pd.DataFrame, folder: str) -> list[str]:
+    """The aggregate figure, the main algorithms' curves and the other algorithms' (ablations) with ``m3po``."""
+    matrices, agg, notes = aggregate(suite, runs)
+    intro = "Normalised final scores (score_range of each task), 95 % stratified bootstrap CIs."
+    shown = agg.drop(columns=["iqm", "mean"]) if len(agg) else []
+    lines = _section("Aggregate (rliable)", intro, shown, empty="No algorithm has runs on every task yet.")
+    lines += [f"* {note}" for note in notes]
+    if len(agg):
+        plot_aggregate(suite, matrices, agg, os.path.join(folder, "aggregate.png"))
+        lines += ["", "![aggregate](aggregate.png)"]
+    main = [a for a in MAIN_ALGORITHMS if a in suite.algorithms] or list(suite.algorithms)
+    lines += ["", "## Learning curves", ""]
+    if plot_curves(suite, curves, os.path.join(folder, "learning_curves.png"), main, references=True):
+        lines += ["![learning curves](learning_curves.png)"]
+    else:
+        lines += [f"No finished runs of {', '.join(f'`{a}`' for a in main)} yet."]
+    others = [a for a in suite.algorithms if a not in main and a in set(runs.algorithm)]
+    if others and "m3po" in main:
+        path, title = os.path.join(folder, "ablations.png"), " (ablations, diagnostics)"
+        plot_curves(suite, curves, path, ["m3po", *others], False, title)
+        lines += ["", "Ablations and diagnostics, with `m3po` for reference:", "", "![ablations](ablations.png)"]
+    return lines
+
+
 def summarize(suite: Suite, layout: Layout) -> str:
     """Write ``runs.csv``, ``summary.md`` and the figures from the finished runs; return the summary."""
     import matplotlib
@@ -340,7 +353,7 @@ def summarize(suite: Suite, layout: Layout) -> str:
     matplotlib.use("Agg")
     runs, curves, left_out = load_results(suite, layout)
     groups = {key: group.final_score for key, group in runs.groupby(["task", "algorithm"])} if len(runs) else {}
-    finals = lambda task, algorithm: groups.get((task, algorithm), pd.Series(dtype=float))  # noqa: E731
+    finals: Finals = lambda task, algorithm: groups.get((task, algorithm), pd.Series(dtype=float))  # noqa: E731
     os.makedirs(layout.results, exist_ok=True)
     total = len(suite.tasks) * len(suite.algorithms) * len(suite.seeds)
     lines = [f"# Benchmark suite `{suite.name}`", "", *([suite.description, ""] if suite.description else [])]
@@ -363,41 +376,22 @@ def summarize(suite: Suite, layout: Layout) -> str:
     lines += _section("Final score", "Mean over seeds [95 % bootstrap CI] (seeds).", _final_scores(suite, finals))
     if len(runs):
         lines += _per_task(suite, runs)
-        first = next(iter(suite.algorithms))
         if len(suite.algorithms) > 1:
-            intro = (
-                f"Difference of mean final scores [95 % bootstrap CI, seeds resampled on both sides]; > 0: `{first}` ahead."
-            )
+            first = next(iter(suite.algorithms))
+            intro = "Difference of mean final scores [95 % bootstrap CI, seeds resampled on both sides]; "
+            intro += f"> 0: `{first}` ahead."
             lines += _section(f"`{first}` against the others", intro, _versus(suite, finals))
         gap = _gap(suite, finals)
         if gap:
             intro = "Mean final score minus TD-MPC2's value; TD-MPC2's result files count simulator steps "
             intro += "(nicklashansen/tdmpc2 issue #45)."
             lines += _section("Gap to TD-MPC2 (published, 100k simulator steps)", intro, gap)
-        matrices, agg, notes = aggregate(suite, runs)
-        intro = "Normalised final scores (score_range of each task), 95 % stratified bootstrap CIs."
-        shown = agg.drop(columns=["iqm", "mean"]) if len(agg) else []
-        lines += _section("Aggregate (rliable)", intro, shown, empty="No algorithm has runs on every task yet.")
-        lines += [f"* {note}" for note in notes]
-        if len(agg):
-            plot_aggregate(suite, matrices, agg, os.path.join(layout.results, "aggregate.png"))
-            lines += ["", "![aggregate](aggregate.png)"]
-        main = [a for a in MAIN_ALGORITHMS if a in suite.algorithms] or list(suite.algorithms)
-        lines += ["", "## Learning curves", ""]
-        if plot_curves(suite, curves, os.path.join(layout.results, "learning_curves.png"), main, references=True):
-            lines += ["![learning curves](learning_curves.png)"]
-        else:
-            lines += [f"No finished runs of {', '.join(f'`{a}`' for a in main)} yet."]
-        others = [a for a in suite.algorithms if a not in main and a in set(runs.algorithm)]
-        if others and "m3po" in main:
-            path = os.path.join(layout.results, "ablations.png")
-            plot_curves(suite, curves, path, ["m3po", *others], False, " (ablations, diagnostics)")
-            lines += ["", "Ablations and diagnostics, with `m3po` for reference:", "", "![ablations](ablations.png)"]
+        lines += _figures(suite, runs, curves, layout.results)
         intro = (
             "Whole training process (start-up and evaluations included); the time to SAC's final score scales each "
             "run's wall-clock by the share of its budget done at its first evaluation at or above SAC's mean."
         )
-        lines += _section("Wall-clock", intro, _wall_clock(suite, runs, curves, finals))
+        lines += _section("Wall-clock", intro, _wall_clock(runs, curves, finals))
         csv = runs[CSV_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n")
         write_atomic(os.path.join(layout.results, "runs.csv"), csv)  # the suite file holds what each task is
     text = "\n".join(lines) + "\n"
