@@ -312,6 +312,20 @@ def test_eval_callback_uses_warm_started_planner(tiny, tmp_path):
         assert np.array_equal(state[0], returned[0]) and not episode_start.any()
 
 
+def test_deterministic_planner_samples_move_with_the_step_and_stay_a_function_of_the_state(tiny):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny)
+    obs, plan = np.zeros((2, 3), np.float32), np.zeros((2, model.planner_config.horizon * 1), np.float32)
+    no_reset = np.zeros(2, dtype=bool)
+    act = lambda steps: model.predict(obs, (plan, np.array(steps)), no_reset, deterministic=True)  # noqa: E731
+    (a0, (_, after0)), (a0_again, _), (a5, (_, after5)) = act([0, 0]), act([0, 0]), act([5, 5])
+    assert np.array_equal(a0, a0_again), "the same observation and state give the same action"
+    assert not np.array_equal(a0, a5), "a later step of the episode plans with other samples"
+    assert after0.tolist() == [1, 1] and after5.tolist() == [6, 6]
+    _, (_, restarted) = model.predict(obs, (plan, np.array([7, 7])), np.array([True, False]), deterministic=True)
+    assert restarted.tolist() == [1, 8], "episode_start restarts that env's count"
+    assert np.array_equal(model.predict(obs, (plan,), no_reset, deterministic=True)[0], a0), "a plan-only state: step 0"
+
+
 def test_planner_off_acts_with_the_prior(tiny):
     model = M3PO("MlpPolicy", "Pendulum-v1", use_planner=False, **tiny)
     model.learn(64)

@@ -20,8 +20,10 @@ from sb3_m3po.m3po.config import PlannerConfig, PriorConfig, make_config, model_
 from sb3_m3po.m3po.planner import MPPIPlanner, shift_plan
 from sb3_m3po.m3po.world_model import WorldModel
 
-# Seed of the planner's RNG for deterministic=True, so that a deterministic action
-# is a pure function of (observation, warm-start plan) and survives save/load.
+# Base seed of the planner's RNG for deterministic=True: a deterministic action is a pure function of the
+# observation and the recurrent state (warm-start plan, steps since the episode start), so it survives
+# save/load. The step count moves the seed on every call: MPPI noise fixed across steps can hold the plan at
+# a fixed point from which the same samples never find a way out (TD-MPC2's evaluation draws fresh noise).
 DETERMINISTIC_PLANNER_SEED = 0
 
 
@@ -421,12 +423,14 @@ class M3POPolicy(BasePolicy):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """
-        Actions in the env's bounds, and the warm-start plan as recurrent ``state``.
+        Actions in the env's bounds, and as recurrent ``state`` the warm-start plan and the steps since each
+        episode started.
 
         Pass the returned state and ``episode_start`` back on the next call (as
         ``evaluate_policy`` does) to warm-start MPPI; without them every call plans from scratch.
-        With ``deterministic=True`` the planner's sampling uses a fixed seed, so the
-        action is a deterministic function of the observation and state.
+        With ``deterministic=True`` the action is the centre of the planner's final Gaussian and the planner's
+        samples come from an RNG seeded with the step count of the state, so the action is a deterministic
+        function of the observation and state while the samples differ from step to step.
         """
         self.set_training_mode(False)
         # SB3 handles Dict observations here too; its annotation names only arrays
@@ -439,21 +443,23 @@ class M3POPolicy(BasePolicy):
         if not np.all(np.isfinite(flat)):
             raise NonFiniteError("predict() got a non-finite (NaN or inf) observation")
         obs = th.as_tensor(flat, device=self.device)
+        steps = np.zeros(n_envs, dtype=np.int64)
         if state is None:
             plan = self.initial_plan(n_envs)
         else:
             plan = th.as_tensor(np.asarray(state[0]), device=self.device, dtype=th.float32)
             plan = plan.reshape(n_envs, self.planner_config.horizon, self.action_dim)
-            reset = None if episode_start is None else th.as_tensor(np.asarray(episode_start), device=self.device).bool()
-            plan = shift_plan(plan, reset)
+            steps = np.asarray(state[1], dtype=np.int64).reshape(n_envs) if len(state) > 1 else steps  # 0.1: plan only
+            reset = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(n_envs)
+            steps = steps if reset is None else np.where(reset, 0, steps)
+            plan = shift_plan(plan, None if reset is None else th.as_tensor(reset, device=self.device))
         generator = None
         if deterministic:
             generator = th.Generator(device=self.device)
-            generator.manual_seed(DETERMINISTIC_PLANNER_SEED)
+            generator.manual_seed(DETERMINISTIC_PLANNER_SEED + int(steps.max()))
         with th.inference_mode():
             out = self.act(obs, plan, deterministic, generator)
         actions = self.to_env_action(out.action.cpu().numpy())
         if not vectorized:
             actions = actions.squeeze(axis=0)
-        new_state = (out.plan.reshape(n_envs, -1).cpu().numpy(),)
-        return actions, new_state
+        return actions, (out.plan.reshape(n_envs, -1).cpu().numpy(), steps + 1)
