@@ -7,12 +7,12 @@ n_envs; matmul FLOPs of a call are counted by ``torch.utils.flop_counter.FlopCou
 the shapes only), so FLOPs / measured time is the achieved rate. ``train``: each algorithm trains in this
 process on one env; after a warm-up (every algorithm past its ``learning_starts``) the wall-clock is split by
 wrapping the methods doing the work: ``env`` (``VecEnv.step``), ``act`` (M3PO: the MPPI planner; PPO: the
-policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. ``device``: correctness checks
-on the device (learn/predict, no host sync inside one planner call under ``torch.cuda.set_sync_debug_mode``,
-save on the device / load on the CPU and back, the first world-model losses against the CPU's on the same
-seed and batch), then ``planner`` rows for three presets, eager and compiled, and ``train`` rows of M3PO on
-Pendulum-v1 and cartpole-swingup at several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU).
-Each mode writes ``<out>/<mode>_<label>.json`` and ``.md``.
+policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. ``device``: the device tests
+first (``tests/test_device.py --device``: learn/predict, no host sync inside a planner call, save on the
+device / load on the CPU and back, the first world-model losses against the CPU's), then ``planner`` rows
+for three presets, eager and compiled, and ``train`` rows of M3PO on Pendulum-v1 and cartpole-swingup at
+several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU). Each mode writes
+``<out>/<mode>_<label>.json`` and ``.md``.
 
 Usage::
 
@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,67 +172,20 @@ def train_row(algo: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-TINY: dict[str, Any] = {
-    "n_steps": 16,
-    "batch_size": 32,
-    "n_epochs": 2,
-    "world_model_kwargs": {"batch_size": 16, "gradient_steps": 8, "learning_starts": 64},
-}
-
-
-def first_losses(device: str, seed: int = 0) -> dict[str, float]:
-    """World-model losses of one batch, drawn with the same seed from the same replay, before any update."""
-    from sb3_m3po import M3PO
-    from sb3_m3po.m3po.world_model_update import world_model_targets
-
-    model = M3PO("MlpPolicy", "Pendulum-v1", seed=seed, device="cpu", **TINY).learn(128)
-    twin = M3PO("MlpPolicy", "Pendulum-v1", seed=seed, device=device, **TINY)
-    twin.policy.load_state_dict(model.policy.state_dict())
-    th.manual_seed(seed)
-    np.random.seed(seed)
-    model.replay_buffer.device = th.device(device)
-    batch = model.replay_buffer.sample(16, twin.planner_config.horizon)
-    with th.random.fork_rng(devices=[]):
-        target_z, td = world_model_targets(twin.policy, batch, None, twin.gamma)
-    cfg = twin.world_model_config
-    losses = twin.policy.world_model_losses(batch.observations, batch.actions, batch.rewards, target_z, td, None, cfg)
-    return {k: float(v.detach()) for k, v in losses._asdict().items() if k != "latents"}
-
-
 def device_checks(device: str) -> dict[str, Any]:
-    """Each check's outcome on ``device`` (an exception is a failure)."""
-    from sb3_m3po import M3PO
-
-    results: dict[str, Any] = {}
-    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, device=device, **TINY).learn(256)
-    results["learn_and_predict"] = model.predict(np.zeros((1, 3), np.float32), deterministic=True)[0].shape == (1, 1)
-    results["planner_without_host_sync"] = "not checked (CUDA only)"
-    if device.startswith("cuda"):
-        obs, plan = th.zeros(8, model.policy.obs_dim, device=device), model.policy.initial_plan(8)
-        th.cuda.synchronize()
-        th.cuda.set_sync_debug_mode("error")  # any host sync inside the planner raises
-        try:
-            with th.inference_mode():
-                model.policy.act(obs, plan)
-        finally:
-            th.cuda.set_sync_debug_mode("default")
-        results["planner_without_host_sync"] = True
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "m3po.zip")
-        model.save(path)
-        on_cpu = M3PO.load(path, device="cpu")
-        on_cpu.save(path)
-        back = M3PO.load(path, device=device)
-        actions = [m.predict(np.zeros((1, 3), np.float32), deterministic=True)[0] for m in (model, on_cpu, back)]
-        results["save_device_load_cpu_and_back_max_action_diff"] = float(np.abs(np.stack(actions) - actions[0]).max())
-    cpu, dev = first_losses("cpu"), first_losses(device)
-    results["first_losses_cpu"], results["first_losses_device"] = cpu, dev
-    results["first_losses_max_rel_diff"] = max(abs(cpu[k] - dev[k]) / max(abs(cpu[k]), 1e-8) for k in cpu)
-    return results
+    """``tests/test_device.py`` on ``device``: learn/predict, no host sync in the planner, save/load, first losses."""
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "test_device.py")
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", tests, "--device", device]
+    result = subprocess.run(command, capture_output=True, text=True)
+    outcome = (result.stdout.strip().splitlines() or [result.stderr.strip()[-300:]])[-1]
+    return {"command": f"pytest tests/test_device.py --device {device}", "passed": result.returncode == 0, "outcome": outcome}
 
 
 def device_sections(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``device`` mode: checks, planner rows (eager and compiled) and M3PO's training rows."""
+    """The ``device`` mode: checks (first: they stop the run), planner rows (eager and compiled), training rows."""
+    checks = device_checks(args.device)
+    if not checks["passed"]:
+        raise SystemExit(f"speed.py: the device checks failed: {checks['outcome']} ({checks['command']})")
     dry, planner, train = args.dry_run, [], []
     n_envs = [1, 8] if dry else [1, 8, 64, 256, 1024]
     # compiled at the largest n_envs only: each batch shape compiles anew (tens of seconds each)
@@ -247,7 +199,7 @@ def device_sections(args: argparse.Namespace) -> dict[str, Any]:
             sizes = {"n_envs": n, "n_steps": max(2048 // n, 1) if n > 8 else 64, "env": env_id, "compile": False}
             sizes.update({"steps": 128, "warmup": 64} if dry else {"steps": 4096, "warmup": 1024})
             train.append(train_row("m3po", argparse.Namespace(**{**vars(args), **sizes})))
-    return {"Checks": device_checks(args.device), "Planner": planner, "Training": train}
+    return {"Checks": checks, "Planner": planner, "Training": train}
 
 
 def _nvidia_driver() -> str:

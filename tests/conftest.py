@@ -21,3 +21,13 @@ TINY = dict(
 def tiny() -> dict:
     """Hyperparameters small enough for a few hundred steps in seconds."""
     return copy.deepcopy(TINY)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="torch device of tests/test_device.py (e.g. cuda)")
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> str:
+    """The torch device given with ``--device`` (default cpu)."""
+    return request.config.getoption("--device")

@@ -32,10 +32,6 @@ def test_training_time_is_split_into_buckets_that_sum_to_the_wall_clock(tmp_path
     assert abs(sum(buckets) * row["env_steps_per_s"] / 1e3 - 1.0) < 1e-6, "the buckets add up to the measured time"
 
 
-def test_device_checks_on_the_cpu_round_trip_a_saved_model_exactly():
+def test_device_checks_run_the_device_tests_and_report_their_outcome():
     checks = speed.device_checks("cpu")
-    assert checks["learn_and_predict"] is True
-    assert checks["planner_without_host_sync"] == "not checked (CUDA only)"
-    assert checks["save_device_load_cpu_and_back_max_action_diff"] == 0.0
-    assert checks["first_losses_max_rel_diff"] == 0.0, "the same seed and batch give the same losses on the same device"
-    assert set(checks["first_losses_cpu"]) >= {"total", "consistency", "reward", "value"}
+    assert checks["passed"] is True and "3 passed, 1 skipped" in checks["outcome"], checks
