@@ -45,12 +45,13 @@ def evaluate(model: M3PO, env: DummyVecEnv, mode: str, episodes: int) -> tuple[l
     return [float(r) for r in returns], successes
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("env", help="env id the model was trained on")
     parser.add_argument("run", help="a suite run folder (its final model) or a model .zip")
     parser.add_argument("--episodes", type=int, default=10)
-    args = parser.parse_args()
+    parser.add_argument("--out", default=OUT, help="folder of eval_modes.csv and summary.md")
+    args = parser.parse_args(argv)
     pattern = os.path.join(args.run, "seg*", "*", "*", "*-v*.zip")
     found = [args.run] if args.run.endswith(".zip") else sorted(glob.glob(pattern))
     if not found:
@@ -67,7 +68,7 @@ def main() -> None:
              "mean_return": np.mean(returns), "zero_return_episodes": int(np.sum(np.asarray(returns) == 0)),
              "success_rate": np.mean(successes), "returns": " ".join(f"{r:.0f}" for r in returns), "commit": code_version()}
         )  # fmt: skip
-    path = os.path.join(OUT, "eval_modes.csv")
+    path = os.path.join(args.out, "eval_modes.csv")
     table = pd.concat([pd.read_csv(path), pd.DataFrame(rows)] if os.path.exists(path) else [pd.DataFrame(rows)])
     write_atomic(path, table.to_csv(index=False, float_format="%.4g", lineterminator="\n"))
     intro = (
@@ -75,7 +76,7 @@ def main() -> None:
         "Produced by `python benchmarks/eval_modes.py <env> <run folder>` on final models of suite runs; the same "
         "episodes (env seeds 100, 101, ...) in both modes.\n\n"
     )
-    write_atomic(os.path.join(OUT, "summary.md"), intro + table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_atomic(os.path.join(args.out, "summary.md"), intro + table.to_markdown(index=False, floatfmt=".4g") + "\n")
     print(pd.DataFrame(rows).drop(columns=["model", "commit"]).to_string(index=False))
 
 
