@@ -449,7 +449,8 @@ class M3POPolicy(BasePolicy):
         else:
             plan = th.as_tensor(np.asarray(state[0]), device=self.device, dtype=th.float32)
             plan = plan.reshape(n_envs, self.planner_config.horizon, self.action_dim)
-            steps = np.asarray(state[1], dtype=np.int64).reshape(n_envs) if len(state) > 1 else steps  # 0.1: plan only
+            if len(state) > 1:  # a state of sb3-m3po 0.1 holds the plan only: its step count is 0
+                steps = np.asarray(state[1], dtype=np.int64).reshape(n_envs)
             reset = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(n_envs)
             steps = steps if reset is None else np.where(reset, 0, steps)
             plan = shift_plan(plan, None if reset is None else th.as_tensor(reset, device=self.device))
