@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from runner.runs import code_version, shown_path, write_atomic
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_m3po import M3PO
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     found = [args.run] if args.run.endswith(".zip") else sorted(glob.glob(pattern))
     if not found:
         sys.exit(f"replay.py: no final model under {args.run}")
-    env = DummyVecEnv([lambda i=i: make_env(args.env, seed=100 + i) for i in range(args.episodes)])
+    env = DummyVecEnv([lambda i=i: Monitor(make_env(args.env, seed=100 + i)) for i in range(args.episodes)])
     model = M3PO.load(found[-1], env=env, device="cpu")  # the last segment's
     policy, own = model.policy, model.policy.planner_config
     runs = f"benchmarks{os.sep}runs{os.sep}"  # a suite run, of this checkout or another
