@@ -18,7 +18,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_m3po import M3PO
 from sb3_m3po.common.signals import StopOnInterrupt, deferred_keyboard_interrupt
-from sb3_m3po.envs import make_env
+from sb3_m3po.envs import make_env, register_envs
 from sb3_m3po.m3po.world_model_update import q_guided_prior_step
 
 
@@ -98,6 +98,16 @@ def test_metaworld_mt1_reach(tiny):
     model = M3PO("MlpPolicy", env, seed=0, **tiny)
     model.learn(96)
     assert model.replay_buffer.size() == 96
+
+
+def test_metaworld_with_tdmpc2_protocol_repeats_actions_and_ends_after_100_decisions():
+    register_envs()
+    env = gym.make("metaworld/drawer-open-v3", seed=0, action_repeat=2, max_episode_steps=100)
+    env.reset(seed=0)
+    for decision in range(1, 101):
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        assert info["sim_steps"] == 2 and "is_success" in info
+        assert truncated == (decision == 100) and not terminated
 
 
 def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):

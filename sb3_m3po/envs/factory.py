@@ -10,12 +10,20 @@ from sb3_m3po.envs.registration import register_envs
 from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SuccessInfo
 
 
-def make_metaworld(task: str, seed: int | None = None, **kwargs: Any) -> gym.Env:
-    """Meta-World MT1 task (v3) with float32 observations and ``info["is_success"]``."""
+def make_metaworld(task: str, seed: int | None = None, action_repeat: int = 1, **kwargs: Any) -> gym.Env:
+    """
+    Meta-World MT1 task (v3) with float32 observations and ``info["is_success"]``.
+
+    ``gym.make("metaworld/drawer-open-v3", action_repeat=2, max_episode_steps=100)`` is TD-MPC2's protocol
+    (two simulator steps per decision, 100 decisions per episode), reachable through rl-zoo3's ``--env-kwargs``.
+
+    :param action_repeat: simulator steps per decision
+    """
     import metaworld  # noqa: F401  (registers Meta-World/MT1)
 
     env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
-    return gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
+    env = gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
+    return ActionRepeat(env, action_repeat) if action_repeat > 1 else env
 
 
 def make_env(env_id: str, action_repeat: int | None = None, seed: int | None = None, **kwargs: Any) -> gym.Env:
