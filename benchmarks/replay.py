@@ -31,7 +31,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from sb3_m3po import M3PO
 from sb3_m3po.envs import make_env
 from sb3_m3po.m3po.config import PlannerConfig
-from sb3_m3po.m3po.planner import MPPIPlanner
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "replay")
 
@@ -74,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             successes.append(float(local["info"].get("is_success", np.nan)))
 
     for name in args.budgets:
-        policy.planner_config = config = budget(name, own)
-        policy.planner = MPPIPlanner(config, policy.gamma, compile=policy.torch_compile)
+        policy.set_planner(config := budget(name, own))
         successes.clear()
         env.seed(100)  # after load: loading seeds the env with the model's seed
         started = time.perf_counter()

@@ -1,5 +1,6 @@
 """``benchmarks/replay.py``: a saved model replayed with other planner budgets on the same episodes."""
 
+import dataclasses
 import os
 import sys
 
@@ -50,3 +51,12 @@ def test_own_budget_replays_the_models_evaluation_and_rows_accumulate(tiny, tmp_
 def test_a_run_folder_without_a_final_model_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no final model under"):
         replay.main(["Pendulum-v1", str(tmp_path)])
+
+
+def test_set_planner_swaps_the_budget_and_refuses_another_horizon(tiny):
+    policy = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    bigger = replay.budget("32x2", policy.planner_config)
+    policy.set_planner(bigger)
+    assert policy.planner.config is bigger and policy.planner_config is bigger
+    with pytest.raises(AssertionError, match="horizon is fixed at 3"):
+        policy.set_planner(dataclasses.replace(bigger, horizon=5))
