@@ -1,14 +1,11 @@
 """
 One benchmark run: the rl-zoo3 training process, its resumable segments, and the record it leaves.
 
-A run is the command a user would type, ``python -m sb3_m3po.zoo.train ...``, in the run's own folder
-``<runs>/<task>/<algorithm>/seed<S>/``. It saves a resumable checkpoint at every evaluation; a run cut off
-(runner stopped, machine gone) continues from its latest checkpoint when it is started again. Each start is
-a *segment* with its own rl-zoo3 log folder (``seg1``, ``seg2``, ...), listed in ``segments.json`` (the step
-it resumed from, its wall-clock, commit, machine, node, peak memory), which is rewritten while it runs so
-that the time of a killed segment still counts. The run's curve takes every segment's evaluations up to the
-step a later segment resumed from. :func:`train_run` does all of this on whichever machine executes it and
-returns the record and the curve; only the runner writes them into the results folder.
+A run is the command a user would type, ``python -m sb3_m3po.zoo.train ...``, in its own folder
+``<runs>/<task>/<algorithm>/seed<S>/``, saving a resumable checkpoint at every evaluation. Each start is a
+*segment* with its own rl-zoo3 log folder (``seg1``, ``seg2``, ...), listed in ``segments.json`` (rewritten
+while it runs, so that a killed segment's time still counts); a run cut off continues from its latest
+checkpoint, and its curve takes every segment's evaluations up to the step a later segment resumed from.
 """
 
 import ctypes
@@ -76,10 +73,7 @@ def shown_path(path: str) -> str:
 
 def code_version() -> str:
     """Git short hash, ``+dirty`` if ``sb3_m3po/`` has uncommitted changes, ``unknown`` outside a checkout."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()  # noqa: E731
     try:
         return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "sb3_m3po") else "")
     except (OSError, subprocess.CalledProcessError):
@@ -94,38 +88,34 @@ def machine_description() -> str:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return (
-        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {th.__version__}"
-    )
+    python = f"Python {platform.python_version()}, torch {th.__version__}"
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {python}"
 
 
 def device_description(device: str) -> str:
     """The device a run with ``--device device`` trains on, with the GPU name."""
     import torch as th
 
-    if device == "auto":
-        device = "cuda" if th.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and th.cuda.is_available():
-        return f"{device} ({th.cuda.get_device_name(th.device(device))})"
-    return device
+    device = ("cuda" if th.cuda.is_available() else "cpu") if device == "auto" else device
+    return (
+        f"{device} ({th.cuda.get_device_name(th.device(device))})"
+        if device.startswith("cuda") and th.cuda.is_available()
+        else device
+    )
 
 
 def zoo_command(
     run: Run, folder: str, threads: int, device: str, resume: tuple[int, str] | None = None, segment: int = 0
 ) -> list[str]:
     """rl-zoo3 training command of a run's ``segment`` (from 0), continuing from ``resume=(decisions, model.zip)``."""
-    task, algorithm = run.task, run.algorithm
-    eval_freq = str(task.eval_every // task.action_repeat)
-    command = ["-m", "sb3_m3po.zoo.train", "--algo", algorithm.algo, "--env", task.env]
-    command += ["-n", str(task.decisions - (resume[0] if resume else 0)), "--seed", str(run.seed)]
-    command += ["-f", os.path.join(folder, f"seg{segment + 1}"), "--eval-freq", eval_freq, "--checkpoint-freq", eval_freq]
-    command += ["--eval-episodes", str(task.eval_episodes), "--num-threads", str(threads), "--device", device]
-    command += ["-tb", os.path.join(folder, "tb"), *(["-i", resume[1]] if resume else [])]
-    if task.env_kwargs:
-        command += ["--env-kwargs", *(f"{k}:{v!r}" for k, v in task.env_kwargs.items())]
-    if algorithm.params:
-        command += ["-params", *(f"{k}:{v!r}" for k, v in algorithm.params.items())]
+    task, algorithm, eval_freq = run.task, run.algorithm, str(run.task.eval_every // run.task.action_repeat)
+    command = ["-m", "sb3_m3po.zoo.train", "--algo", algorithm.algo, "--env", task.env, "--seed", str(run.seed)]
+    command += ["-n", str(task.decisions - (resume[0] if resume else 0)), "-f", os.path.join(folder, f"seg{segment + 1}")]
+    command += ["--eval-freq", eval_freq, "--checkpoint-freq", eval_freq, "--eval-episodes", str(task.eval_episodes)]
+    command += ["--num-threads", str(threads), "--device", device, "-tb", os.path.join(folder, "tb")]
+    command += ["-i", resume[1]] if resume else []
+    command += ["--env-kwargs", *(f"{k}:{v!r}" for k, v in task.env_kwargs.items())] if task.env_kwargs else []
+    command += ["-params", *(f"{k}:{v!r}" for k, v in algorithm.params.items())] if algorithm.params else []
     return command + list(task.extra_args) + list(algorithm.extra_args)
 
 
@@ -152,60 +142,42 @@ def write_segments(folder: str, spec: dict[str, Any], segments: list[Segment]) -
     write_atomic(os.path.join(folder, "segments.json"), text)
 
 
-def drop_checkpoints(folder: str) -> None:
-    """Delete every segment's checkpoints (the largest files of a run; only a resume needs them)."""
-    for path in glob.glob(os.path.join(folder, "**", "checkpoints"), recursive=True):
-        shutil.rmtree(path, ignore_errors=True)
+def _checkpoint_folders(folder: str) -> list[str]:
+    return glob.glob(os.path.join(folder, "**", "checkpoints"), recursive=True)
 
 
 def resume_point(folder: str, budget: int) -> tuple[int, str] | None:
     """Latest complete checkpoint of any segment short of ``budget`` decisions: ``(decisions, model.zip)``."""
-    found = [latest_checkpoint(path) for path in glob.glob(os.path.join(folder, "**", "checkpoints"), recursive=True)]
-    found = [point for point in found if point is not None and 0 < point[0] < budget]
+    found = [p for p in map(latest_checkpoint, _checkpoint_folders(folder)) if p is not None and 0 < p[0] < budget]
     return max(found) if found else None
-
-
-def evaluations_of(folder: str, segment: int) -> str | None:
-    """``evaluations.npz`` of a segment (from 0), None if it was cut off before its first evaluation."""
-    found = glob.glob(os.path.join(folder, f"seg{segment + 1}", "**", "evaluations.npz"), recursive=True)
-    if len(found) > 1:
-        raise RunFailed(f"segment {segment + 1} of {shown_path(folder)} holds {len(found)} evaluations.npz")
-    return found[0] if found else None
 
 
 def segment_masks(decisions: list[np.ndarray | None], resumed_from: list[int]) -> list[np.ndarray | None]:
     """Per segment, the evaluations that make up the run: after its start, up to the earliest later resume."""
     if len(decisions) != len(resumed_from):
         raise ValueError(f"{len(decisions)} segments' evaluations for {len(resumed_from)} segments")
-    masks: list[np.ndarray | None] = []
-    for i, steps in enumerate(decisions):
-        end = min(resumed_from[i + 1 :], default=np.inf)
-        masks.append(None if steps is None else (np.asarray(steps) > resumed_from[i]) & (np.asarray(steps) <= end))
-    return masks
+    ends = [min(resumed_from[i + 1 :], default=np.inf) for i in range(len(decisions))]
+    return [
+        None if s is None else (np.asarray(s) > start) & (np.asarray(s) <= end)
+        for s, start, end in zip(decisions, resumed_from, ends)
+    ]
 
 
 def read_curve(npz_path: str, run: Run) -> pd.DataFrame:
     """A run's evaluations from rl-zoo3's ``evaluations.npz`` up to the budget (one row per evaluation)."""
-    task = run.task
-    data = np.load(npz_path)
+    task, data = run.task, np.load(npz_path)
     decisions = np.asarray(data["timesteps"], dtype=np.int64)
-    results = np.asarray(data["results"], dtype=np.float64).reshape(len(decisions), -1)
-    success = np.full(len(decisions), np.nan)
+    per_eval = lambda key: np.asarray(data[key], dtype=np.float64).reshape(len(decisions), -1)  # noqa: E731
+    results, success = per_eval("results"), np.full(len(decisions), np.nan)
     if "successes" in data.files and np.size(data["successes"]) == results.size:
-        success = np.asarray(data["successes"], dtype=np.float64).reshape(len(decisions), -1).mean(1)
+        success = per_eval("successes").mean(1)
     if task.score == "success" and np.isnan(success).any():
         raise RunFailed(f"{shown_path(npz_path)} holds no 'successes': does {task.env} report info['is_success']?")
     curve = pd.DataFrame(
-        {
-            "sim_steps": decisions * task.action_repeat,
-            "decisions": decisions,
-            "score": success if task.score == "success" else results.mean(1),
-            "return_mean": results.mean(1),
-            "return_std": results.std(1),
-            "success_rate": success,
-            "episode_length": np.asarray(data["ep_lengths"], dtype=np.float64).reshape(len(decisions), -1).mean(1),
-        }
-    )
+        {"sim_steps": decisions * task.action_repeat, "decisions": decisions,
+         "score": success if task.score == "success" else results.mean(1), "return_mean": results.mean(1),
+         "return_std": results.std(1), "success_rate": success, "episode_length": per_eval("ep_lengths").mean(1)}
+    )  # fmt: skip
     # PPO finishes its last rollout past the budget and may evaluate there: the final score is the one at the budget
     return curve[curve.decisions <= task.decisions]
 
@@ -217,11 +189,12 @@ def per_task_final(npz_path: str, run: Run) -> dict[str, float] | None:
         return None
     decisions = np.asarray(data["timesteps"], dtype=np.int64)
     last = int(np.flatnonzero(decisions <= run.task.decisions)[-1])
-    tasks = np.asarray(data["tasks"])[last]
-    values = np.asarray(data["successes" if run.task.score == "success" else "results"], dtype=np.float64)
-    values = values.reshape(len(decisions), -1)[last]
-    names = [str(n) for n in data["task_names"]]
-    return {names[k]: float(values[tasks == k].mean()) for k in sorted(set(tasks.tolist()))}
+    tasks, values = (
+        np.asarray(data["tasks"])[last],
+        np.asarray(data["successes" if run.task.score == "success" else "results"]),
+    )
+    values = values.astype(np.float64).reshape(len(decisions), -1)[last]
+    return {str(data["task_names"][k]): float(values[tasks == k].mean()) for k in sorted(set(tasks.tolist()))}
 
 
 def _peak_rss_mib(pid: int) -> float | None:
@@ -230,6 +203,13 @@ def _peak_rss_mib(pid: int) -> float | None:
             return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
     except (OSError, ValueError, StopIteration):
         return None
+
+
+def _shell_word(token: str) -> str:
+    """A token as a shell reads it back: bare when safe, else in double quotes (params hold single quotes)."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", token):
+        return token
+    return f'"{token}"' if not re.search(r'["$`\\!]', token) else shlex.quote(token)
 
 
 def _die_with_parent() -> None:
@@ -248,19 +228,6 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def _shell_word(token: str) -> str:
-    if re.fullmatch(r"[\w@%+=:,./-]+", token):
-        return token
-    return f'"{token}"' if not re.search(r'["$`\\!]', token) else shlex.quote(token)
-
-
-def _last_line(path: str) -> str:
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 4096))
-        lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "empty log"
 
 
 def train_run(
@@ -285,19 +252,17 @@ def train_run(
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
         earlier = []
-    node = None
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        node = sys.modules["ray"].get_runtime_context().get_node_id()
+    ray = sys.modules.get("ray")
+    node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
     segment = Segment(resume[0] if resume else 0, 0.0, code_version(), machine_description(), node=node)
     segments = [*earlier, segment]
     write_segments(folder, spec, segments)
-    command = zoo_command(run, folder, threads, device, resume, len(earlier))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log_path, started, written = os.path.join(folder, "train.log"), time.monotonic(), 0.0
     with open(log_path, "ab" if resume else "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            [sys.executable, *zoo_command(run, folder, threads, device, resume, len(earlier))], cwd=REPO_ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         try:
             stop = stop or threading.Event()  # never set: a plain one-second wait
@@ -305,8 +270,9 @@ def train_run(
                 if stop.wait(1.0):
                     raise KeyboardInterrupt
                 segment.peak_rss_mib = _peak_rss_mib(process.pid) or segment.peak_rss_mib
+                segment.wall_seconds = round(time.monotonic() - started, 1)
                 if time.monotonic() - written > 30:
-                    segment.wall_seconds, written = round(time.monotonic() - started, 1), time.monotonic()
+                    written = time.monotonic()
                     write_segments(folder, spec, segments)
         finally:
             _stop(process)
@@ -314,17 +280,25 @@ def train_run(
             write_segments(folder, spec, segments)
     try:
         if process.returncode != 0:
-            raise RunFailed(f"exit code {process.returncode}: {_last_line(log_path)}")
+            with open(log_path, "rb") as f:
+                lines = [line for line in f.read()[-4096:].decode(errors="replace").splitlines() if line.strip()]
+            raise RunFailed(f"exit code {process.returncode}: {lines[-1].strip()[:300] if lines else 'empty log'}")
         return _finish(run, folder, suite, segments, threads, device)
     except RunFailed as e:
-        drop_checkpoints(folder)
+        for path in _checkpoint_folders(folder):  # the largest files of a run; only a resume needs them
+            shutil.rmtree(path, ignore_errors=True)
         raise RunFailed(f"{e} (log: {shown_path(log_path)})") from None
 
 
 def _finish(
     run: Run, folder: str, suite: str, segments: list[Segment], threads: int, device: str
 ) -> tuple[dict, pd.DataFrame]:
-    paths = [evaluations_of(folder, i) for i in range(len(segments))]
+    paths = []
+    for i in range(len(segments)):  # None: the segment was cut off before its first evaluation
+        found = glob.glob(os.path.join(folder, f"seg{i + 1}", "**", "evaluations.npz"), recursive=True)
+        if len(found) > 1:
+            raise RunFailed(f"segment {i + 1} of {shown_path(folder)} holds {len(found)} evaluations.npz")
+        paths.append(found[0] if found else None)
     if paths[-1] is None:
         raise RunFailed(f"no evaluations.npz in the last segment under {shown_path(folder)}")
     pieces = [None if path is None else read_curve(path, run) for path in paths]
@@ -335,37 +309,33 @@ def _finish(
         raise RunFailed(f"only {len(curve)} of {expected} evaluations: the run stopped before its budget")
     wall = sum(s.wall_seconds for s in segments)
     peaks = [s.peak_rss_mib for s in segments if s.peak_rss_mib is not None]
-    from_scratch = ["python", *zoo_command(run, folder, threads, device)]
+    from_scratch = [
+        "python",
+        *(shown_path(a) if a.startswith(folder) else a for a in zoo_command(run, folder, threads, device)),
+    ]
     record = {
-        "suite": suite,
-        "task": run.task.name,
-        "algorithm": run.algorithm.name,
-        "seed": run.seed,
-        "spec": run.spec(),
-        "final_score": float(curve.score.iloc[-1]),
-        "best_score": float(curve.score.max()),
-        "final_sim_steps": int(curve.sim_steps.iloc[-1]),
-        "n_evaluations": len(curve),
-        "wall_seconds": round(wall, 1),
+        "suite": suite, "task": run.task.name, "algorithm": run.algorithm.name, "seed": run.seed, "spec": run.spec(),
+        "final_score": float(curve.score.iloc[-1]), "best_score": float(curve.score.max()),
+        "final_sim_steps": int(curve.sim_steps.iloc[-1]), "n_evaluations": len(curve), "wall_seconds": round(wall, 1),
         "sim_steps_per_second": round(run.task.sim_steps / wall, 2),
         "commit": ",".join(dict.fromkeys(s.commit for s in segments)),
-        "machine": ",".join(dict.fromkeys(s.machine for s in segments)),
-        "device": device_description(device),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(_shell_word(shown_path(a) if a.startswith(folder) else a) for a in from_scratch),
-        "run_folder": shown_path(os.path.dirname(paths[-1])),
-        "peak_rss_mib": round(max(peaks), 1) if peaks else None,
+        "machine": ",".join(dict.fromkeys(s.machine for s in segments)), "device": device_description(device),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(map(_shell_word, from_scratch)),
+        "run_folder": shown_path(os.path.dirname(paths[-1])), "peak_rss_mib": round(max(peaks), 1) if peaks else None,
         "per_task_final": per_task_final(paths[-1], run),
         "resumed_at": [s.resumed_from * run.task.action_repeat for s in segments[1:]] or None,
         "nodes": sorted({s.node for s in segments if s.node}) or None,
-    }
-    drop_checkpoints(folder)
+    }  # fmt: skip
+    for path in _checkpoint_folders(folder):
+        shutil.rmtree(path, ignore_errors=True)
     return record, curve
 
 
 def write_result(layout: Layout, run: Run, record: dict, curve: pd.DataFrame) -> None:
     """The run's curve CSV and record JSON under ``raw/`` (the curve first: a record always has its curve)."""
     table = curve[CURVE_COLUMNS].assign(task=run.task.name, algorithm=run.algorithm.name, seed=run.seed)
-    table = table[["task", "algorithm", "seed", *CURVE_COLUMNS]]
-    write_atomic(layout.record_path(run, ".csv"), table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_atomic(
+        layout.record_path(run, ".csv"),
+        table[["task", "algorithm", "seed", *CURVE_COLUMNS]].to_csv(index=False, float_format="%.6g", lineterminator="\n"),
+    )
     write_atomic(layout.record_path(run), json.dumps(record, indent=1) + "\n")

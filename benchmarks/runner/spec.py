@@ -1,8 +1,4 @@
-"""
-Suite files (``benchmarks/suites/<name>.yml``) parsed into a typed model, and the runs they name.
-
-The format of a suite file is described in ``benchmarks/suites/README.md``.
-"""
+"""Suite files (``benchmarks/suites/<name>.yml``, format in ``suites/README.md``) parsed into a typed model."""
 
 import difflib
 import json
@@ -17,8 +13,7 @@ from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_params
 from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.m3po.save_util import migrate_settings
 
-BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES_DIR = os.path.join(BENCH_DIR, "suites")
+SUITES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "suites")
 DEFAULT_SCORE_RANGE = {"return": (0.0, 1000.0), "success": (0.0, 1.0)}
 # Flags the runner sets for every run; a suite setting them too would silently win or lose (argparse keeps
 # the last value), so extra_args may not.
@@ -49,11 +44,9 @@ def _literals(mapping: dict[str, Any]) -> dict[str, Any]:
     """Values must survive rl-zoo3's ``name:value`` command-line form (it evals the value)."""
     for name, value in mapping.items():
         try:
-            same = eval(repr(value), {}) == value
+            assert eval(repr(value), {}) == value
         except Exception:
-            same = False
-        if not same:
-            raise ValueError(f"{name}: {value!r} cannot be passed on the command line")
+            raise ValueError(f"{name}: {value!r} cannot be passed on the command line") from None
     return mapping
 
 
@@ -62,7 +55,7 @@ class _Strict(BaseModel):
 
 
 class Task(_Strict):
-    """One environment with its budget and how it is scored (fields as in ``benchmarks/suites/README.md``)."""
+    """One environment with its budget and how it is scored."""
 
     name: str = Name
     env: str = Field(min_length=1)
@@ -85,8 +78,7 @@ class Task(_Strict):
                 raise ValueError(f"'{key}' must be a multiple of action_repeat ({self.action_repeat})")
         if self.sim_steps % self.eval_every:
             raise ValueError("'sim_steps' must be a multiple of 'eval_every' so that the last evaluation is at the budget")
-        low, high = self.range
-        if not low < high:
+        if not self.range[0] < self.range[1]:
             raise ValueError(f"'score_range' must be [worst, best] with worst < best, got {self.score_range}")
         return self
 
@@ -100,8 +92,7 @@ class Task(_Strict):
         return self.sim_steps // self.action_repeat
 
     def normalise(self, score: float) -> float:
-        low, high = self.range
-        return (score - low) / (high - low)
+        return (score - self.range[0]) / (self.range[1] - self.range[0])
 
 
 class Algorithm(_Strict):
@@ -134,66 +125,58 @@ class Suite(_Strict):
         return seeds
 
 
+def _unknown_key(key: str, model: type[BaseModel]) -> str:
+    fields = [f for f in model.model_fields if f not in ("name", "path")]
+    return f"unknown key '{key}'{did_you_mean(key, fields)} (allowed: {', '.join(fields)})"
+
+
 def _problem(error: dict[str, Any]) -> str:
-    loc = [str(part) for part in error["loc"]]
-    where = []
-    if loc[:1] in (["tasks"], ["algorithms"]) and len(loc) > 1:
-        where.append(f"{loc[0][:-1]} '{loc[1]}'")
+    """One pydantic error as ``<entry>, <problem>``, with the entry and key named as in the file."""
+    loc, where, model = [str(part) for part in error["loc"]], "", Suite
+    if loc[0] in ("tasks", "algorithms") and len(loc) > 1:
+        where, model = f"{loc[0][:-1]} '{loc[1]}', ", Task if loc[0] == "tasks" else Algorithm
         loc = loc[2:]
     key = loc[0] if loc else ""
-    model = {"task": Task, "algorithm": Algorithm}.get(where[0].split()[0] if where else "", Suite)
-    fields = [f for f in model.model_fields if f not in ("name", "path")]
     if error["type"] == "extra_forbidden":
-        text = f"unknown key '{key}'{did_you_mean(key, fields)} (allowed: {', '.join(fields)})"
-    elif error["type"] == "missing":
-        text = f"missing required field '{key}'"
-    else:
-        text = (f"'{key}' " if key else "") + error["msg"].removeprefix("Value error, ")
-    return ", ".join([*where, text])
-
-
-def suite_path(name_or_path: str) -> str:
-    """The file of a suite name (``benchmarks/suites/<name>.yml``), or the given path."""
-    if name_or_path.endswith((".yml", ".yaml")) or os.sep in name_or_path:
-        if not os.path.isfile(name_or_path):
-            raise SuiteError(f"suite file '{name_or_path}' does not exist")
-        return name_or_path
-    known = sorted(f[: -len(".yml")] for f in os.listdir(SUITES_DIR) if f.endswith(".yml"))
-    if name_or_path not in known:
-        raise SuiteError(f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, known)} (available: {', '.join(known)})")
-    return os.path.join(SUITES_DIR, f"{name_or_path}.yml")
+        return where + _unknown_key(key, model)
+    if error["type"] == "missing":
+        return f"{where}missing required field '{key}'"
+    return where + (f"'{key}' " if key else "") + error["msg"].removeprefix("Value error, ")
 
 
 def load_suite(name_or_path: str) -> Suite:
     """
-    Read and check a suite file.
+    Read and check a suite file, given by name (``benchmarks/suites/<name>.yml``) or path.
 
     :raises SuiteError: naming the file, the entry and the problem
     """
-    path = suite_path(name_or_path)
-    where = f"suite file '{os.path.basename(path)}'"
+    path = name_or_path
+    if not name_or_path.endswith((".yml", ".yaml")) and os.sep not in name_or_path:
+        known = sorted(f[: -len(".yml")] for f in os.listdir(SUITES_DIR) if f.endswith(".yml"))
+        if name_or_path not in known:
+            raise SuiteError(
+                f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, known)} (available: {', '.join(known)})"
+            )
+        path = os.path.join(SUITES_DIR, f"{name_or_path}.yml")
+    elif not os.path.isfile(path):
+        raise SuiteError(f"suite file '{path}' does not exist")
     try:
         raw = load_yaml(path)
         if not isinstance(raw, dict):
             raise ValueError("expected a mapping at the top level")
-        raw = dict(raw)
         defaults = raw.pop("defaults", None) or {}
-        fields = [f for f in Task.model_fields if f != "name"]
         for key in defaults if isinstance(defaults, dict) else ["(not a mapping)"]:
-            if key not in fields:
-                raise ValueError(f"defaults, unknown key '{key}'{did_you_mean(key, fields)} (allowed: {', '.join(fields)})")
-        for section in ("tasks", "algorithms"):
+            if key not in Task.model_fields or key == "name":
+                raise ValueError("defaults, " + _unknown_key(key, Task))
+        for section, merge in (("tasks", defaults), ("algorithms", {})):
             if isinstance(raw.get(section), dict):
-                merge = defaults if section == "tasks" else {}
                 raw[section] = {n: {**merge, **(e or {}), "name": n} for n, e in raw[section].items()}
-        name = os.path.splitext(os.path.basename(path))[0]
-        return Suite.model_validate(
-            {**raw, "name": name, "path": path, "description": str(raw.get("description") or "").strip()}
-        )
+        name, description = os.path.splitext(os.path.basename(path))[0], str(raw.get("description") or "").strip()
+        return Suite.model_validate({**raw, "name": name, "path": path, "description": description})
     except ValidationError as e:
-        raise SuiteError(f"{where}: {_problem(e.errors()[0])}") from None
+        raise SuiteError(f"suite file '{os.path.basename(path)}': {_problem(e.errors()[0])}") from None
     except ValueError as e:
-        raise SuiteError(f"{where}: {e}") from None
+        raise SuiteError(f"suite file '{os.path.basename(path)}': {e}") from None
 
 
 @dataclass(frozen=True)
@@ -210,14 +193,13 @@ class Run:
 
     def spec(self) -> dict[str, Any]:
         """Everything that changes what the run trains; a record is reused only if its spec is equal."""
-        task, algorithm = self.task, self.algorithm
         spec = {
-            **task.model_dump(include={"env", "action_repeat", "sim_steps", "eval_every", "eval_episodes", "score"}),
-            "env_kwargs": task.env_kwargs,
-            "task_extra_args": list(task.extra_args),
-            "algo": algorithm.algo,
-            "params": algorithm.params,
-            "algo_extra_args": list(algorithm.extra_args),
+            **self.task.model_dump(include={"env", "action_repeat", "sim_steps", "eval_every", "eval_episodes", "score"}),
+            "env_kwargs": self.task.env_kwargs,
+            "task_extra_args": list(self.task.extra_args),
+            "algo": self.algorithm.algo,
+            "params": self.algorithm.params,
+            "algo_extra_args": list(self.algorithm.extra_args),
         }
         return json.loads(json.dumps(spec))  # the form it takes after a JSON round trip
 
@@ -245,12 +227,6 @@ def select_runs(suite: Suite, tasks: list[str] | None, algos: list[str] | None, 
     ]
 
 
-def applied_action_repeat(entry: dict[str, Any] | None, env_id: str, env_kwargs: dict[str, Any]) -> int:
-    """Repeat of an entry's ``DMCWrapper`` times the env's own ``action_repeat`` kwarg (the multi-task ids)."""
-    repeat = int(env_kwargs.get("action_repeat", (gym.spec(env_id).kwargs or {}).get("action_repeat", 1)))
-    return repeat * entry_action_repeat(entry)
-
-
 def check_suite_environment(suite: Suite) -> None:
     """
     What only this machine can tell: algorithms and env ids are known, the suite's action repeat is the
@@ -266,29 +242,25 @@ def check_suite_environment(suite: Suite) -> None:
     known = sorted({*ALGOS, "m3po"})
     for algorithm in suite.algorithms.values():
         if algorithm.algo not in known:
-            raise SuiteError(
-                f"algorithm '{algorithm.name}': unknown rl-zoo3 algorithm "
-                f"'{algorithm.algo}'{did_you_mean(algorithm.algo, known)}"
-            )
-    for task in suite.tasks.values():
+            hint = did_you_mean(algorithm.algo, known)
+            raise SuiteError(f"algorithm '{algorithm.name}': unknown rl-zoo3 algorithm '{algorithm.algo}'{hint}")
+    for task, algorithm in ((t, a) for t in suite.tasks.values() for a in suite.algorithms.values()):
         try:
-            gym.spec(task.env)
+            env_repeat = (gym.spec(task.env).kwargs or {}).get("action_repeat", 1)  # the multi-task ids' own kwarg
         except gym.error.Error as e:
             raise SuiteError(f"task '{task.name}': unknown env id '{task.env}' ({' '.join(str(e).split())})") from None
-        for algorithm in suite.algorithms.values():
-            if any(arg in ("-conf", "--conf-file") for arg in (*task.extra_args, *algorithm.extra_args)):
-                continue  # a custom hyperparameter file: its settings are the user's responsibility
-            entry = shipped_params(algorithm.algo, task.env)
-            repeat = applied_action_repeat(entry, task.env, task.env_kwargs)
-            if repeat != task.action_repeat:
-                raise SuiteError(
-                    f"task '{task.name}' says action_repeat {task.action_repeat}, but {task.env} with "
-                    f"hyperparams/{algorithm.algo}.yml repeats actions {repeat} time(s) (algorithm '{algorithm.name}')"
-                )
-            n_envs = int(algorithm.params.get("n_envs", (entry or {}).get("n_envs", 1)))
-            per_eval = task.eval_every // task.action_repeat
-            if per_eval % n_envs:  # rl-zoo3 evaluates every eval_freq // n_envs vec-env steps: evaluations would drift
-                raise SuiteError(
-                    f"task '{task.name}', algorithm '{algorithm.name}': eval_every {task.eval_every} simulator steps "
-                    f"= {per_eval} decisions is not a multiple of n_envs {n_envs}"
-                )
+        if any(arg in ("-conf", "--conf-file") for arg in (*task.extra_args, *algorithm.extra_args)):
+            continue  # a custom hyperparameter file: its settings are the user's responsibility
+        entry = shipped_params(algorithm.algo, task.env)
+        repeat = int(task.env_kwargs.get("action_repeat", env_repeat)) * entry_action_repeat(entry)
+        if repeat != task.action_repeat:
+            raise SuiteError(
+                f"task '{task.name}' says action_repeat {task.action_repeat}, but {task.env} with "
+                f"hyperparams/{algorithm.algo}.yml repeats actions {repeat} time(s) (algorithm '{algorithm.name}')"
+            )
+        n_envs = int(algorithm.params.get("n_envs", (entry or {}).get("n_envs", 1)))
+        if (task.eval_every // task.action_repeat) % n_envs:  # rl-zoo3 evaluates every eval_freq // n_envs steps
+            raise SuiteError(
+                f"task '{task.name}', algorithm '{algorithm.name}': eval_every {task.eval_every} simulator steps "
+                f"= {task.eval_every // task.action_repeat} decisions is not a multiple of n_envs {n_envs}"
+            )
