@@ -1,25 +1,19 @@
 """
-Speed of M3PO: the planner alone (planned actions/s, achieved GFLOP/s), training (env steps/s, split), and
-a one-invocation check of a device.
+Speed of M3PO: the planner alone, training, and a one-invocation check of a device.
 
-``planner``: one ``policy.act`` per call on random observations, per model preset, planner budget and
-n_envs; matmul FLOPs of a call are counted by ``torch.utils.flop_counter.FlopCounterMode`` (they depend on
-the shapes only), so FLOPs / measured time is the achieved rate. ``train``: each algorithm trains in this
-process on one env; after a warm-up (every algorithm past its ``learning_starts``) the wall-clock is split by
-wrapping the methods doing the work: ``env`` (``VecEnv.step``), ``act`` (M3PO: the MPPI planner; PPO: the
-policy forward; SAC: ``predict``), ``update`` (gradient steps) and ``other``. ``device``: the device tests
-first (``tests/test_device.py --device``: learn/predict, no host sync inside a planner call, save on the
-device / load on the CPU and back, the first world-model losses against the CPU's), then ``planner`` rows
-for three presets, eager and compiled, and ``train`` rows of M3PO on Pendulum-v1 and cartpole-swingup at
-several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU). Each mode writes
-``<out>/<mode>_<label>.json`` and ``.md``.
+``planner``: ``policy.act`` on random observations per preset, planner budget and n_envs; planned actions/s,
+and matmul FLOPs (``FlopCounterMode``: they depend on the shapes only) over the measured time.
+``train``: each algorithm trains on one env; after a warm-up, the wall-clock is split by wrapping the methods
+doing the work: ``env`` (``VecEnv.step``), ``act`` (planner / policy forward / ``predict``), ``update`` and ``other``.
+``device``: ``tests/test_device.py --device`` first, then planner rows of three presets (eager and compiled)
+and M3PO training rows at several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU).
+Each mode writes ``<out>/<mode>_<label>.json`` and ``.md``.
 
 Usage::
 
     python benchmarks/speed.py planner --presets cpu 5M --planners cpu paper --n-envs 1 8 64 256 1024
     python benchmarks/speed.py train --env dm_control/cartpole-swingup-v0 --algos m3po sac ppo --steps 2048
     python benchmarks/speed.py device --device cuda
-    python benchmarks/speed.py device --device cpu --dry-run --label dry_run_cpu
 """
 
 import argparse
