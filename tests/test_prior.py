@@ -7,6 +7,7 @@ import pytest
 import torch as th
 
 from sb3_m3po import M3PO
+from sb3_m3po.m3po.config import PriorConfig
 from sb3_m3po.m3po.world_model_update import prior_saturation, q_guided_prior_step, world_model_targets
 
 TDMPC2_PRIOR = {"objective": "sample", "state_std": True, "target_action": "sample"}
@@ -30,7 +31,7 @@ def test_state_dependent_std_leaves_the_unused_global_log_std_out_of_both_optimi
     for optimizer in (policy.optimizer, policy.prior_optimizer):
         assert optimizer is not None
         assert all(p is not policy.log_std for group in optimizer.param_groups for p in group["params"])
-    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"mean_reg": 0.0}, **tiny).policy
     assert any(p is plain.log_std for group in plain.optimizer.param_groups for p in group["params"])
 
 
@@ -146,8 +147,9 @@ def test_prior_saturation_is_logged_after_a_world_model_update(tiny):
     assert 0.0 <= model.logger.name_to_value["train/prior_saturation"] <= 1.0
 
 
-def test_mean_reg_pulls_a_saturated_prior_mean_back_inside_the_tanh(tiny):
+def test_mean_reg_is_on_by_default_and_pulls_a_saturated_prior_mean_back_inside_the_tanh(tiny):
     # a pre-tanh mean of 10 gets no gradient through the tanh from Q; the mean_reg term moves it back
+    assert PriorConfig().mean_reg == 1e-3, "on by default"
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"mean_reg": 1e-2}, **tiny)
     policy = model.policy
     with th.no_grad():
@@ -158,7 +160,7 @@ def test_mean_reg_pulls_a_saturated_prior_mean_back_inside_the_tanh(tiny):
         q_guided_prior_step(policy, latents, None, model.world_model_config, model.max_grad_norm, 1.0)
     after = float(policy.prior_head(latents, None)[0].mean())
     assert after < before - 0.05, f"pre-tanh mean {before:.2f} -> {after:.2f}"
-    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"mean_reg": 0.0}, **tiny).policy
     with th.no_grad():
         plain.actor[-1].bias.fill_(10.0)
     for _ in range(20):

@@ -64,7 +64,7 @@ def test_polyak_target_update():
     assert not any(p.requires_grad for p in wm.target_q_ensemble.parameters())
 
 
-def test_small_weight_init_gives_tdmpc2_scales_and_keeps_zero_heads():
+def test_small_weight_init_is_the_default_gives_tdmpc2_scales_and_keeps_zero_heads():
     config = WorldModelConfig(latent_dim=64, enc_dim=128, mlp_dim=128, num_q=3, num_bins=21, task_dim=4, weight_init="small")
     wm = WorldModel(obs_dim=9, action_dim=2, config=config, num_tasks=3, episodic=True)
     weights = [m.weight for m in wm.modules() if isinstance(m, th.nn.Linear | EnsembleLinear | th.nn.Embedding)]
@@ -75,9 +75,12 @@ def test_small_weight_init_gives_tdmpc2_scales_and_keeps_zero_heads():
         elif w is wm.task_embedding.weight:
             assert w.abs().max() <= 0.02
         else:
-            assert 0.015 < float(w.std()) < 0.025, f"a weight of shape {tuple(w.shape)} has std {float(w.std()):.3f}"
-    default = WorldModel(obs_dim=9, action_dim=2, config=WorldModelConfig(latent_dim=64, enc_dim=128))
-    assert float(default.encoder[0].weight.std()) > 0.1, "PyTorch's default is several times larger on a 9-input layer"
+            assert 0.015 < float(w.detach().std()) < 0.025, (
+                f"a weight of shape {tuple(w.shape)} has std {float(w.detach().std()):.3f}"
+            )
+    assert WorldModelConfig().weight_init == "small", "the default"
+    torch_init = WorldModel(obs_dim=9, action_dim=2, config=WorldModelConfig(latent_dim=64, enc_dim=128, weight_init="torch"))
+    assert float(torch_init.encoder[0].weight.std()) > 0.1, "PyTorch's is several times larger on a 9-input layer"
     for p, t in zip(wm.q_ensemble.parameters(), wm.target_q_ensemble.parameters()):
         assert th.equal(p, t)
 

@@ -127,8 +127,8 @@ class WorldModelConfig:
     :param vmax: highest bin (symlog space)
     :param simnorm_dim: SimNorm group size
     :param task_dim: task embedding size (multi-task only)
-    :param weight_init: ``"torch"`` (PyTorch's default initialisation) or ``"small"`` (TD-MPC2's: weights of std
-        0.02 in the world model and the prior, :func:`~sb3_m3po.common.layers.small_init_`)
+    :param weight_init: ``"small"`` (TD-MPC2's: weights of std 0.02 in the world model and the prior,
+        :func:`~sb3_m3po.common.layers.small_init_`) or ``"torch"`` (PyTorch's default initialisation)
     """
 
     latent_dim: int = 64
@@ -141,7 +141,7 @@ class WorldModelConfig:
     vmax: float = 10.0
     simnorm_dim: int = 8
     task_dim: int = 16
-    weight_init: str = "torch"
+    weight_init: str = "small"
 
     def __post_init__(self) -> None:
         _check(
@@ -286,7 +286,7 @@ class PriorConfig:
     learning_rate: float = 3e-4
     log_std_min: float = -10.0
     log_std_max: float = 2.0
-    mean_reg: float = 0.0
+    mean_reg: float = 1e-3
 
     def __post_init__(self) -> None:
         _check(
