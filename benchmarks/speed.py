@@ -72,7 +72,8 @@ def planner_row(preset: str, planner: str, n_envs: int, args: argparse.Namespace
         )
         return made.to(args.device).eval()
 
-    timed, eager = policy(args.compile), policy(False)  # the FLOP counter sees no ops inside compiled graphs
+    timed = policy(args.compile)
+    eager = policy(False) if args.compile else timed  # the FLOP counter sees no ops inside compiled graphs
     obs, plan = th.randn(n_envs, args.obs_dim, device=args.device), timed.initial_plan(n_envs)
     with th.inference_mode(), FlopCounterMode(display=False) as counter:
         eager.act(obs, plan)
