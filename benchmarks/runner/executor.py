@@ -67,8 +67,6 @@ def execute(
         point = read_segments(layout.run_folder(run), run.spec()) and resume_point(layout.run_folder(run), run.task.decisions)
         if point:
             say(f"resuming {run.label} from its checkpoint at {point[0] * run.task.action_repeat} sim steps")
-    # SIGTERM/SIGHUP stop the runner like Ctrl-C (a background runner's machine going away)
-    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     stop, failed, last = threading.Event(), [], time.monotonic()
     if ray_address:
         import ray
@@ -92,6 +90,8 @@ def execute(
             cf.Future.cancel,
             pool.shutdown,
         )
+    # SIGTERM/SIGHUP stop the runner like Ctrl-C (a background runner's machine going away)
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while pending:
             for handle in wait(list(pending)):

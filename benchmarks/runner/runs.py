@@ -146,6 +146,12 @@ def _checkpoint_folders(folder: str) -> list[str]:
     return glob.glob(os.path.join(folder, "**", "checkpoints"), recursive=True)
 
 
+def drop_checkpoints(folder: str) -> None:
+    """Delete every segment's checkpoints (the largest files of a run; only a resume needs them)."""
+    for path in _checkpoint_folders(folder):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def resume_point(folder: str, budget: int) -> tuple[int, str] | None:
     """Latest complete checkpoint of any segment short of ``budget`` decisions: ``(decisions, model.zip)``."""
     found = [p for p in map(latest_checkpoint, _checkpoint_folders(folder)) if p is not None and 0 < p[0] < budget]
@@ -189,11 +195,9 @@ def per_task_final(npz_path: str, run: Run) -> dict[str, float] | None:
         return None
     decisions = np.asarray(data["timesteps"], dtype=np.int64)
     last = int(np.flatnonzero(decisions <= run.task.decisions)[-1])
-    tasks, values = (
-        np.asarray(data["tasks"])[last],
-        np.asarray(data["successes" if run.task.score == "success" else "results"]),
-    )
-    values = values.astype(np.float64).reshape(len(decisions), -1)[last]
+    tasks = np.asarray(data["tasks"])[last]
+    values = np.asarray(data["successes" if run.task.score == "success" else "results"], dtype=np.float64)
+    values = values.reshape(len(decisions), -1)[last]
     return {str(data["task_names"][k]): float(values[tasks == k].mean()) for k in sorted(set(tasks.tolist()))}
 
 
@@ -285,8 +289,7 @@ def train_run(
             raise RunFailed(f"exit code {process.returncode}: {lines[-1].strip()[:300] if lines else 'empty log'}")
         return _finish(run, folder, suite, segments, threads, device)
     except RunFailed as e:
-        for path in _checkpoint_folders(folder):  # the largest files of a run; only a resume needs them
-            shutil.rmtree(path, ignore_errors=True)
+        drop_checkpoints(folder)
         raise RunFailed(f"{e} (log: {shown_path(log_path)})") from None
 
 
@@ -326,8 +329,7 @@ def _finish(
         "resumed_at": [s.resumed_from * run.task.action_repeat for s in segments[1:]] or None,
         "nodes": sorted({s.node for s in segments if s.node}) or None,
     }  # fmt: skip
-    for path in _checkpoint_folders(folder):
-        shutil.rmtree(path, ignore_errors=True)
+    drop_checkpoints(folder)
     return record, curve
 
 

@@ -44,9 +44,11 @@ def _literals(mapping: dict[str, Any]) -> dict[str, Any]:
     """Values must survive rl-zoo3's ``name:value`` command-line form (it evals the value)."""
     for name, value in mapping.items():
         try:
-            assert eval(repr(value), {}) == value
+            same = eval(repr(value), {}) == value
         except Exception:
-            raise ValueError(f"{name}: {value!r} cannot be passed on the command line") from None
+            same = False
+        if not same:
+            raise ValueError(f"{name}: {value!r} cannot be passed on the command line")
     return mapping
 
 

@@ -184,7 +184,7 @@ class M3POPolicy(BasePolicy):
             assert isinstance(actor_out, nn.Linear), f"the prior must end in nn.Linear, got {actor_out}"
             nn.init.orthogonal_(actor_out.weight, gain=0.01)
             nn.init.zeros_(actor_out.bias)
-        self.set_planner(self.planner_config)
+        self.planner = MPPIPlanner(self.planner_config, self.gamma, compile=self.torch_compile)
         # the algorithm calls this for the world-model loss; compiled, its backward is one graph too
         losses = self.world_model.losses
         self.world_model_losses = th.compile(losses, dynamic=False) if self.torch_compile else losses
@@ -391,15 +391,6 @@ class M3POPolicy(BasePolicy):
         """Flat ``[-1, 1]`` actions ``(B, action_dim)`` clipped and rescaled to the env's bounds and shape."""
         assert self.action_space.shape is not None, "M3PO needs a Box action space"
         return self.unscale_action(np.clip(action, -1.0, 1.0).reshape((-1, *self.action_space.shape)))
-
-    def set_planner(self, config: PlannerConfig) -> None:
-        """Plan with ``config`` from now on (e.g. another MPPI budget for a trained model); the horizon stays."""
-        assert config.horizon == self.planner_config.horizon, (
-            f"the planner's horizon is fixed at {self.planner_config.horizon} (the world model trains on it and "
-            f"plans carry it), got {config.horizon}"
-        )
-        self.planner_config = config
-        self.planner = MPPIPlanner(config, self.gamma, compile=self.torch_compile)
 
     def initial_plan(self, n_envs: int) -> th.Tensor:
         return th.zeros(n_envs, self.planner_config.horizon, self.action_dim, device=self.device)
