@@ -19,7 +19,7 @@ def _fill(buffer, n_steps, n_envs, rng, done_prob=0.1):
 
 
 @pytest.mark.parametrize("capacity", [10_000, 300])  # 300: the circular buffer wraps
-def test_replay_subsequences_never_cross_episodes(capacity):
+def test_replay_subsequences_never_cross_truncated_episode_ends(capacity):
     rng = np.random.default_rng(0)
     buffer = EpisodicReplayBuffer(capacity, obs_dim=2, action_dim=1, n_envs=3)
     _fill(buffer, 400, 3, rng)
@@ -28,10 +28,38 @@ def test_replay_subsequences_never_cross_episodes(capacity):
     assert batch.observations.shape == (512, 2)
     assert batch.actions.shape == (4, 512, 1) and batch.rewards.shape == (4, 512, 1)
     assert batch.next_observations.shape == (4, 512, 2)
+    assert batch.mask is None, "episodes that end by truncation are never crossed"
     seq = th.cat([batch.observations[None], batch.next_observations], 0)  # (5, B, 2)
     # same episode everywhere and consecutive steps
     assert (seq[:, :, 0] == seq[:1, :, 0]).all()
     assert (seq[1:, :, 1] - seq[:-1, :, 1] == 1).all()
+
+
+def test_replay_subsequences_may_end_an_episode_by_termination_and_mask_the_steps_after():
+    rng = np.random.default_rng(0)
+    buffer = EpisodicReplayBuffer(10_000, obs_dim=2, action_dim=1, n_envs=3)
+    episode, step = np.arange(3) * 1000, np.zeros(3)
+    for _ in range(400):  # every episode end is a termination
+        done = rng.random(3) < 0.1
+        obs = np.stack([episode, step], 1)
+        buffer.add(obs, obs + [0, 1], rng.uniform(-1, 1, (3, 1)), rng.normal(size=3), done * 1.0, done)
+        step, episode = np.where(done, 0, step + 1), np.where(done, episode + 1, episode)
+    np.random.seed(0)
+    batch = buffer.sample(2048, horizon=4)
+    assert batch.mask is not None and batch.mask.shape == (4, 2048, 1)
+    mask = batch.mask[..., 0].bool()
+    assert (mask[0]).all() and (mask[1:] <= mask[:-1]).all(), "the mask is 1 up to the episode's end, then 0"
+    seq = th.cat([batch.observations[None], batch.next_observations], 0)
+    inside = th.cat([mask[:1], mask], 0)  # next_observations[t] is in the episode when step t is
+    assert (seq[:, :, 0] == seq[:1, :, 0])[inside].all(), "unmasked steps stay in the start's episode"
+    assert ((seq[1:, :, 1] - seq[:-1, :, 1]) == 1)[mask].all()
+    crossing = ~mask[-1]
+    assert 0 < crossing.float().mean() < 0.5
+    last_inside = mask.sum(0) - 1
+    assert batch.terminated[last_inside, th.arange(2048), 0][crossing].eq(1).all(), "a subsequence leaves only by termination"
+    assert batch.terminated[0, :, 0].any(), "terminal transitions are sampled as starts, not only as last steps"
+    within = buffer.sample(2048, horizon=4, across_terminations=False)
+    assert within.mask is None and not within.terminated[:-1].any(), "TD-MPC2's sampling: terminal steps come last"
 
 
 @pytest.mark.parametrize("steps", [40, 400])  # 400: the buffer has wrapped

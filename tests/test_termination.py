@@ -64,6 +64,30 @@ def test_termination_loss_follows_the_terminated_flags():
     assert no_head.losses(*args, *targets, None, cfg, None).termination == 0
 
 
+def test_masked_steps_after_a_termination_do_not_change_the_world_model_losses():
+    th.manual_seed(0)
+    wm = WorldModel(3, 1, WorldModelConfig(latent_dim=16, enc_dim=32, mlp_dim=32, num_bins=21), episodic=True)
+    cfg = WorldModelTrainingConfig()
+    horizon, batch = 3, 8
+    obs, actions, rewards = th.randn(batch, 3), th.rand(horizon, batch, 1) * 2 - 1, th.randn(horizon, batch, 1)
+    target_z, td_targets = th.softmax(th.randn(horizon, batch, 16), -1), th.randn(horizon, batch, 1)
+    terminated = th.zeros(horizon, batch, 1)
+    terminated[0, :4] = 1.0  # the first four subsequences end their episode at step 0
+    mask = th.ones(horizon, batch, 1)
+    mask[1:, :4] = 0.0
+    losses = wm.losses(obs, actions, rewards, target_z, td_targets, None, cfg, terminated, mask)
+    after = (slice(1, None), slice(0, 4))  # other data on the masked steps (the next episode's)
+    actions[after], rewards[after], td_targets[after] = 0.3, 5.0, -4.0
+    target_z[after], terminated[after] = th.softmax(th.randn(horizon - 1, 4, 16), -1), 1.0
+    changed = wm.losses(obs, actions, rewards, target_z, td_targets, None, cfg, terminated, mask)
+    for name in ("consistency", "reward", "value", "termination", "total"):
+        assert th.equal(getattr(losses, name), getattr(changed, name)), name
+    unmasked = wm.losses(obs, actions, rewards, target_z, td_targets, None, cfg, terminated, None)
+    assert not th.isclose(unmasked.total, changed.total), "without the mask the other episode's data counts"
+    all_ones = wm.losses(obs, actions, rewards, target_z, td_targets, None, cfg, terminated, th.ones(horizon, batch, 1))
+    assert th.isclose(all_ones.total, unmasked.total, rtol=1e-6), "a mask of ones is no mask"
+
+
 def test_truncations_are_not_terminations(tiny):
     tiny["world_model_kwargs"]["episodic"] = True
     with pytest.warns(UserWarning, match="has not terminated once"):

@@ -35,6 +35,9 @@ class ReplaySamples(NamedTuple):
     rewards: th.Tensor  # (H, B, 1)
     next_observations: th.Tensor  # (H, B, obs_dim)
     terminated: th.Tensor  # (H, B, 1)
+    # (H, B, 1) 1 up to the step that ends the start's episode by a termination, 0 after it; None when every
+    # subsequence stays inside its episode (always the case for envs that never terminate)
+    mask: th.Tensor | None = None
 
 
 class M3PORolloutBuffer(RolloutBuffer):
@@ -300,11 +303,16 @@ class EpisodicReplayBuffer:
         self.pos = (self.pos + 1) % self.capacity
         self.full = self.full or self.pos == 0
 
-    def sample(self, batch_size: int, horizon: int, env: VecNormalize | None = None) -> ReplaySamples:
+    def sample(
+        self, batch_size: int, horizon: int, env: VecNormalize | None = None, across_terminations: bool = True
+    ) -> ReplaySamples:
         """
-        Sample ``batch_size`` subsequences of ``horizon`` transitions, each inside one episode.
+        Sample ``batch_size`` subsequences of ``horizon`` transitions, each inside one episode or ending it with
+        a termination: a terminal transition is then a start and not only the last step, so Q learns its target
+        on the encoded latent and the termination head sees it at every weight. Steps after it get mask 0.
 
         :param env: optional ``VecNormalize`` whose statistics normalise observations and rewards
+        :param across_terminations: False: only subsequences inside one episode (TD-MPC2's sampling)
         :raises ValueError: if no valid subsequence exists (too little data or episodes shorter than ``horizon``)
         """
         filled = self.capacity if self.full else self.pos
@@ -313,14 +321,29 @@ class EpisodicReplayBuffer:
         if num_starts <= 0:
             raise ValueError(f"replay holds {filled} steps per env, fewer than the horizon {horizon}")
         if self.balanced:
-            t0, env_idx = self._balanced_starts(batch_size, horizon, oldest, num_starts)
+            t0, env_idx = self._balanced_starts(batch_size, horizon, oldest, num_starts, across_terminations)
         else:
-            t0, env_idx = self._uniform_starts(batch_size, horizon, oldest, num_starts)
+            t0, env_idx = self._uniform_starts(batch_size, horizon, oldest, num_starts, across_terminations)
         time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity  # (H, B)
         return self._gather(t0, env_idx, time_idx, env)
 
-    def _uniform_starts(self, batch_size: int, horizon: int, oldest: int, num_starts: int) -> tuple[np.ndarray, np.ndarray]:
-        """Start positions (time, env) drawn uniformly among the subsequences that stay inside one episode."""
+    def _in_episode(self, t0: np.ndarray, env_idx: np.ndarray, horizon: int) -> np.ndarray:
+        """``(H, N)`` bool: step ``k`` of each subsequence is in the episode of its start (a prefix of True)."""
+        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity
+        return self.episode_ids[time_idx, env_idx[None, :]] == self.episode_ids[t0, env_idx][None, :]
+
+    def _valid(self, t0: np.ndarray, env_idx: np.ndarray, horizon: int, across_terminations: bool) -> np.ndarray:
+        """Subsequences inside their start's episode, or (``across_terminations``) leaving it right after a termination."""
+        inside = self._in_episode(t0, env_idx, horizon)
+        if not across_terminations:
+            return inside[-1]
+        last = (t0 + inside.sum(0) - 1) % self.capacity
+        return inside[-1] | (self.terminated[last, env_idx] > 0)
+
+    def _uniform_starts(
+        self, batch_size: int, horizon: int, oldest: int, num_starts: int, across_terminations: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions (time, env) drawn uniformly among the valid subsequences (:meth:`_valid`)."""
         starts_t, starts_e = [], []
         found, attempts = 0, 0
         while found < batch_size:
@@ -332,20 +355,21 @@ class EpisodicReplayBuffer:
                 )
             t0 = (oldest + np.random.randint(0, num_starts, size=2 * batch_size)) % self.capacity
             env_idx = np.random.randint(0, self.n_envs, size=2 * batch_size)
-            t_last = (t0 + horizon - 1) % self.capacity
-            ok = self.episode_ids[t0, env_idx] == self.episode_ids[t_last, env_idx]
+            ok = self._valid(t0, env_idx, horizon, across_terminations)
             starts_t.append(t0[ok])
             starts_e.append(env_idx[ok])
             found += int(ok.sum())
         return np.concatenate(starts_t)[:batch_size], np.concatenate(starts_e)[:batch_size]
 
-    def _balanced_starts(self, batch_size: int, horizon: int, oldest: int, num_starts: int) -> tuple[np.ndarray, np.ndarray]:
+    def _balanced_starts(
+        self, batch_size: int, horizon: int, oldest: int, num_starts: int, across_terminations: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """
         Start positions with equal counts per task (``batch_size // P`` or one more, for the ``P`` tasks with data).
 
         Rejection sampling, vectorised over all tasks: a candidate for task ``k`` picks an env
         column in proportion to its stored transitions of task ``k`` and a uniform start, and is
-        kept if the start holds task ``k`` and the subsequence stays inside one episode. Each
+        kept if the start holds task ``k`` and the subsequence is valid (:meth:`_valid`). Each
         round proposes about ``missing / acceptance`` candidates per task.
         """
         totals = self.task_counts.sum(0)
@@ -370,8 +394,7 @@ class EpisodicReplayBuffer:
             draw = np.random.random(len(wanted)) * totals[wanted]
             env_idx = (cumulative[:, wanted] <= draw[None, :]).sum(0)
             t0 = (oldest + np.random.randint(0, num_starts, size=len(wanted))) % self.capacity
-            t_last = (t0 + horizon - 1) % self.capacity
-            ok = (self.tasks[t0, env_idx] == wanted) & (self.episode_ids[t0, env_idx] == self.episode_ids[t_last, env_idx])
+            ok = (self.tasks[t0, env_idx] == wanted) & self._valid(t0, env_idx, horizon, across_terminations)
             wanted, t0, env_idx = wanted[ok], t0[ok], env_idx[ok]  # already ordered by task
             rank = np.arange(len(wanted)) - np.searchsorted(wanted, wanted, side="left")
             keep = rank < missing[wanted]
@@ -396,10 +419,12 @@ class EpisodicReplayBuffer:
             next_obs = env.normalize_obs(next_obs)
             rewards = env.normalize_reward(rewards)
         to_torch = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)  # noqa: E731
+        inside = self._in_episode(t0, env_idx, time_idx.shape[0])
         return ReplaySamples(
             to_torch(obs),
             to_torch(self.actions[time_idx, env_idx[None, :]]),
             to_torch(rewards)[..., None],
             to_torch(next_obs),
             to_torch(self.terminated[time_idx, env_idx[None, :]])[..., None],
+            None if inside.all() else to_torch(inside)[..., None],
         )

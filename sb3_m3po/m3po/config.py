@@ -210,6 +210,11 @@ class WorldModelTrainingConfig:
         alive; the TD targets keep the real terminations
     :param termination_coef: weight of the termination loss (binary cross-entropy on ``terminated``, never on
         ``truncated``)
+    :param sample_across_terminations: replayed subsequences may end their episode with a termination (the steps
+        after it are masked out of every loss), so a terminal transition is also sampled as the first step, where
+        Q learns its target on the encoded latent and the termination head's loss weighs it fully. False: only
+        subsequences inside one episode (TD-MPC2's sampling), where a terminal transition is only ever the last
+        step. Envs that never terminate sample the same either way
     """
 
     learning_rate: float = 3e-4
@@ -229,6 +234,7 @@ class WorldModelTrainingConfig:
     balanced_replay: bool = True
     episodic: bool | None = None
     termination_coef: float = 1.0
+    sample_across_terminations: bool = True
 
     def __post_init__(self) -> None:
         coefs = ("consistency_coef", "reward_coef", "value_coef", "prior_q_coef", "termination_coef")

@@ -167,6 +167,7 @@ class WorldModel(nn.Module):
         task: th.Tensor | None,
         config: WorldModelTrainingConfig,
         terminated: th.Tensor | None = None,
+        mask: th.Tensor | None = None,
     ) -> WorldModelLosses:
         """
         Multi-step latent consistency, reward and Q losses on ``H``-step subsequences.
@@ -181,6 +182,7 @@ class WorldModel(nn.Module):
         :param td_targets: ``(H, B, 1)`` precomputed (no gradient) TD targets
         :param config: the loss weights (``rho`` and the coefficients)
         :param terminated: ``(H, B, 1)`` real terminations (not truncations), for the termination head
+        :param mask: ``(H, B, 1)`` 0 on the steps after a termination ended the subsequence's episode (None: all 1)
         """
         rho = config.rho
         horizon = actions.shape[0]
@@ -189,10 +191,14 @@ class WorldModel(nn.Module):
         consistency = obs.new_zeros(())
         for t in range(horizon):
             z = self.next(z, actions[t], task)
-            consistency = consistency + rho**t * ((z - target_z[t]) ** 2).mean()
+            error = (z - target_z[t]) ** 2
+            step_loss = error.mean() if mask is None else (error.mean(-1, keepdim=True) * mask[t]).mean()
+            consistency = consistency + rho**t * step_loss
             latents.append(z)
         zs = th.stack(latents[:-1])  # (H, B, L): latents the actions were taken from
         weights = rho ** th.arange(horizon, device=obs.device, dtype=obs.dtype).view(horizon, 1, 1)
+        if mask is not None:
+            weights = weights * mask
         reward_loss = (soft_ce(self.reward_logits(zs, actions, task), rewards, self.vmin, self.vmax) * weights).mean()
         q_logits = self.q_logits(zs, actions, task)  # (K, H, B, bins)
         q_ce = soft_ce(q_logits, td_targets.unsqueeze(0).expand(self.num_q, -1, -1, -1), self.vmin, self.vmax)

@@ -84,6 +84,7 @@ def q_guided_prior_step(
     config: WorldModelTrainingConfig,
     max_grad_norm: float,
     q_scale: float | th.Tensor,
+    mask: th.Tensor | None = None,
 ) -> th.Tensor:
     """
     One step of the prior up the Q ensemble, on the latents of a world-model batch (``prior_kwargs['objective']``).
@@ -99,6 +100,7 @@ def q_guided_prior_step(
 
     :param latents: ``(H, B, L)`` latents of the batch (detached here)
     :param q_scale: the running Q scale (a tensor on the policy's device stays there: no host sync per step)
+    :param mask: ``(H, B, 1)`` 0 on latents after a termination (imagined from the next episode's actions)
     :return: the updated running Q scale, a 0-dim tensor
     """
     wm, prior = policy.world_model, policy.prior_config
@@ -121,6 +123,8 @@ def q_guided_prior_step(
     q_scale = 0.99 * th.as_tensor(q_scale, dtype=q.dtype, device=q.device) + 0.01 * spread
     horizon = latents.shape[0]
     weights = config.rho ** th.arange(horizon, device=q.device, dtype=q.dtype).view(horizon, 1, 1)
+    if mask is not None:
+        weights = weights * mask
     objective = q / q_scale.clamp(min=1.0) + prior.entropy_coef * entropy
     loss = -config.prior_q_coef * (objective * weights).mean()
     if prior.mean_reg > 0:
@@ -167,11 +171,11 @@ def update_world_model(
     totals = th.zeros(5, device=policy.device)
     scale = th.as_tensor(q_scale, dtype=th.float32, device=policy.device)
     for _ in range(steps):
-        batch = replay.sample(config.batch_size, horizon, vec_normalize)
+        batch = replay.sample(config.batch_size, horizon, vec_normalize, config.sample_across_terminations)
         task = policy.task_ids(batch.observations)
         target_z, td_targets = world_model_targets(policy, batch, task, gamma)
         losses = policy.world_model_losses(
-            batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, config, batch.terminated
+            batch.observations, batch.actions, batch.rewards, target_z, td_targets, task, config, batch.terminated, batch.mask
         )
         if not th.isfinite(losses.total):
             parts = {k: float(v) for k, v in losses._asdict().items() if k != "latents"}
@@ -185,7 +189,7 @@ def update_world_model(
         optimizer.step()
         wm.soft_update_target(config.tau)
         if config.prior_q_coef > 0:
-            scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, scale)
+            scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, scale, batch.mask)
         step_stats = (losses.consistency, losses.reward, losses.value, losses.termination, grad_norm)
         totals += th.stack([part.detach() for part in step_stats])
     consistency, reward, value, termination, grad_norm = (totals / max(steps, 1)).tolist()
