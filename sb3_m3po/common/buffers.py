@@ -146,11 +146,12 @@ class M3PORolloutBuffer(RolloutBuffer):
 
 class EpisodicReplayBuffer:
     """
-    Replay for the world model that samples contiguous ``H``-step subsequences inside one episode.
+    Replay for the world model that samples contiguous ``H``-step subsequences of one episode.
 
     Storage is ``(capacity_per_env, n_envs, ...)``; every transition carries the id of
     its episode, and a subsequence is valid when its first and last transitions share
-    the id (ids only grow along an env's timeline) and it does not run over the write
+    the id (ids only grow along an env's timeline), or when it leaves its episode right after
+    a termination (its later steps are then masked), and it does not run over the write
     position. Observations are stored as the env produced them before ``VecNormalize``
     and normalised with the current statistics when sampled.
 
