@@ -107,6 +107,17 @@ def test_episodic_none_on_an_env_that_never_terminates_equals_episodic_false(tin
     assert all(th.equal(a, b) for a, b in zip(*params)), "no head, no change: the update is the same bit for bit"
 
 
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v5"])
+def test_sampling_across_terminations_changes_training_only_where_episodes_terminate(tiny, env_id):
+    params = []
+    for across in (True, False):
+        tiny["world_model_kwargs"]["sample_across_terminations"] = across
+        model = M3PO("MlpPolicy", env_id, seed=0, **tiny).learn(512)
+        params.append([p.detach().clone() for p in model.policy.parameters()])
+    same = all(th.equal(a, b) for a, b in zip(*params))
+    assert same == (env_id == "Pendulum-v1"), "bit for bit on an env that never terminates, different on Hopper"
+
+
 def test_first_termination_adds_the_head_and_save_load_keeps_it(tiny, tmp_path):
     model = M3PO("MlpPolicy", "Hopper-v5", seed=0, **tiny)
     assert model.policy.world_model.termination_head is None
