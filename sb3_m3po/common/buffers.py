@@ -325,17 +325,19 @@ class EpisodicReplayBuffer:
             t0, env_idx = self._balanced_starts(batch_size, horizon, oldest, num_starts, across_terminations)
         else:
             t0, env_idx = self._uniform_starts(batch_size, horizon, oldest, num_starts, across_terminations)
-        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity  # (H, B)
-        return self._gather(t0, env_idx, time_idx, env)
+        return self._gather(t0, env_idx, self._steps(t0, horizon), env)
 
-    def _in_episode(self, t0: np.ndarray, env_idx: np.ndarray, horizon: int) -> np.ndarray:
+    def _steps(self, t0: np.ndarray, horizon: int) -> np.ndarray:
+        """``(H, N)`` buffer rows of the subsequences starting at ``t0``."""
+        return (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity
+
+    def _in_episode(self, t0: np.ndarray, env_idx: np.ndarray, time_idx: np.ndarray) -> np.ndarray:
         """``(H, N)`` bool: step ``k`` of each subsequence is in the episode of its start (a prefix of True)."""
-        time_idx = (t0[None, :] + np.arange(horizon)[:, None]) % self.capacity
         return self.episode_ids[time_idx, env_idx[None, :]] == self.episode_ids[t0, env_idx][None, :]
 
     def _valid(self, t0: np.ndarray, env_idx: np.ndarray, horizon: int, across_terminations: bool) -> np.ndarray:
         """Subsequences inside their start's episode, or (``across_terminations``) leaving it right after a termination."""
-        inside = self._in_episode(t0, env_idx, horizon)
+        inside = self._in_episode(t0, env_idx, self._steps(t0, horizon))
         if not across_terminations:
             return inside[-1]
         last = (t0 + inside.sum(0) - 1) % self.capacity
@@ -420,7 +422,7 @@ class EpisodicReplayBuffer:
             next_obs = env.normalize_obs(next_obs)
             rewards = env.normalize_reward(rewards)
         to_torch = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)  # noqa: E731
-        inside = self._in_episode(t0, env_idx, time_idx.shape[0])
+        inside = self._in_episode(t0, env_idx, time_idx)
         return ReplaySamples(
             to_torch(obs),
             to_torch(self.actions[time_idx, env_idx[None, :]]),
