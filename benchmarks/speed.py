@@ -1,15 +1,13 @@
 """
 Speed of M3PO: the planner alone, training, and a one-invocation check of a device.
 
-``planner``: ``policy.act`` on random observations per preset, planner budget and n_envs; planned actions/s,
-and matmul FLOPs (``FlopCounterMode``: they depend on the shapes only) over the measured time.
-``train``: each algorithm trains on one env; after a warm-up, the wall-clock is split by wrapping the methods
-doing the work: ``env`` (``VecEnv.step``), ``act`` (planner / policy forward / ``predict``), ``update`` and ``other``.
+``planner``: ``policy.act`` on random cartpole-sized observations per preset, planner budget and n_envs:
+planned actions/s, and matmul FLOPs (``FlopCounterMode``; they depend on the shapes only) over the time.
+``train``: each algorithm trains on one env; after a warm-up the wall-clock is split by wrapping the methods
+doing the work: ``env`` (``VecEnv.step``), ``act`` (planner / policy forward / ``predict``), ``update``, ``other``.
 ``device``: ``tests/test_device.py --device`` first, then planner rows of three presets (eager and compiled)
 and M3PO training rows at several n_envs (``--dry-run``: tiny sizes, to check the script on a CPU).
-Each mode writes ``<out>/<mode>_<label>.json`` and ``.md``.
-
-Usage::
+Each mode writes ``<out>/<mode>_<label>.json`` and ``.md``. Usage::
 
     python benchmarks/speed.py planner --presets cpu 5M --planners cpu paper --n-envs 1 8 64 256 1024
     python benchmarks/speed.py train --env dm_control/cartpole-swingup-v0 --algos m3po sac ppo --steps 2048
@@ -17,7 +15,6 @@ Usage::
 """
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -31,18 +28,19 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 import torch as th
+from runner import BENCH_DIR, REPO_ROOT
 from runner.runs import code_version, device_description, machine_description, write_atomic
 from torch.utils.flop_counter import FlopCounterMode
 
 from sb3_m3po.m3po.config import PlannerConfig
 from sb3_m3po.m3po.policies import M3POPolicy
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # "cpu": M3PO's defaults; "paper": TD-MPC2's MPPI (512 samples, 64 elites, 24 prior trajectories, 6 iterations)
 PLANNERS = {
     "cpu": PlannerConfig(),
     "paper": PlannerConfig(num_samples=512, num_elites=64, num_prior_trajectories=24, iterations=6),
 }
+OBS_DIM, ACT_DIM = 5, 1  # cartpole-swingup's
 
 
 def seconds_per_call(fn: Callable[[], Any], device: str, min_seconds: float) -> float:
@@ -63,18 +61,12 @@ def seconds_per_call(fn: Callable[[], Any], device: str, min_seconds: float) -> 
 
 def planner_row(preset: str, planner: str, n_envs: int, args: argparse.Namespace) -> dict[str, Any]:
     th.manual_seed(0)
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)
-    act_space = gym.spaces.Box(-1.0, 1.0, (args.act_dim,), np.float32)
-
-    def policy(compiled: bool) -> M3POPolicy:
-        made = M3POPolicy(
-            obs_space, act_space, lambda _: 3e-4, model_size=preset, planner=PLANNERS[planner], torch_compile=compiled
-        )
-        return made.to(args.device).eval()
-
-    timed = policy(args.compile)
-    eager = policy(False) if args.compile else timed  # the FLOP counter sees no ops inside compiled graphs
-    obs, plan = th.randn(n_envs, args.obs_dim, device=args.device), timed.initial_plan(n_envs)
+    spaces = (gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32))
+    kwargs = {"model_size": preset, "planner": PLANNERS[planner]}
+    make = lambda compiled: M3POPolicy(*spaces, lambda _: 3e-4, **kwargs, torch_compile=compiled).to(args.device).eval()  # noqa: E731
+    timed = make(args.compile)
+    eager = make(False) if args.compile else timed  # the FLOP counter sees no ops inside compiled graphs
+    obs, plan = th.randn(n_envs, OBS_DIM, device=args.device), timed.initial_plan(n_envs)
     with th.inference_mode(), FlopCounterMode(display=False) as counter:
         eager.act(obs, plan)
 
@@ -82,18 +74,12 @@ def planner_row(preset: str, planner: str, n_envs: int, args: argparse.Namespace
         with th.inference_mode():
             timed.act(obs, plan)
 
-    seconds = seconds_per_call(act, args.device, args.min_seconds)
-    flops = counter.get_total_flops()
+    seconds, flops = seconds_per_call(act, args.device, args.min_seconds), counter.get_total_flops()
     return {
-        "preset": preset,
-        "planner": planner,
-        "compiled": args.compile,
-        "n_envs": n_envs,
-        "ms_per_call": 1e3 * seconds,
-        "planned_actions_per_s": n_envs / seconds,
-        "gflop_per_call": flops / 1e9,
-        "achieved_gflop_per_s": flops / seconds / 1e9,
-    }
+        "preset": preset, "planner": planner, "compiled": args.compile, "n_envs": n_envs,
+        "ms_per_call": 1e3 * seconds, "planned_actions_per_s": n_envs / seconds,
+        "gflop_per_call": flops / 1e9, "achieved_gflop_per_s": flops / seconds / 1e9,
+    }  # fmt: skip
 
 
 class Stopwatch:
@@ -101,20 +87,19 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.active = False
+        self.busy = False
 
     def wrap(self, obj: object, method: str, bucket: str) -> None:
         original = getattr(obj, method)
 
-        @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self.active:
+            if self.busy:
                 return original(*args, **kwargs)
-            self.active, start = True, time.perf_counter()
+            self.busy, start = True, time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.active = False
+                self.busy = False
                 self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - start
 
         setattr(obj, method, timed)
@@ -158,18 +143,14 @@ def train_row(algo: str, args: argparse.Namespace) -> dict[str, Any]:
     split = {k: v - before.get(k, 0.0) for k, v in watch.seconds.items()}
     split["other"] = wall - sum(split.values())
     return {
-        "env": args.env,
-        "algo": algo,
-        "n_envs": n_envs,
-        "measured_env_steps": steps,
-        "env_steps_per_s": steps / wall,
+        "env": args.env, "algo": algo, "n_envs": n_envs, "measured_env_steps": steps, "env_steps_per_s": steps / wall,
         **{f"s_per_1k_steps_{k}": 1e3 * split.get(k, 0.0) / steps for k in ("env", "act", "update", "other")},
-    }
+    }  # fmt: skip
 
 
 def device_checks(device: str) -> dict[str, Any]:
     """``tests/test_device.py`` on ``device``: learn/predict, no host sync in the planner, save/load, first losses."""
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "test_device.py")
+    tests = os.path.join(REPO_ROOT, "tests", "test_device.py")
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", tests, "--device", device]
     result = subprocess.run(command, capture_output=True, text=True)
     outcome = (result.stdout.strip().splitlines() or [result.stderr.strip()[-300:]])[-1]
@@ -197,34 +178,26 @@ def device_sections(args: argparse.Namespace) -> dict[str, Any]:
     return {"Checks": checks, "Planner": planner, "Training": train}
 
 
-def _nvidia_driver() -> str:
-    if not shutil.which("nvidia-smi"):
-        return "none"
-    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-    return subprocess.run(query, capture_output=True, text=True).stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["planner", "train", "device"])
-    parser.add_argument("--device", default="cuda" if th.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the planner rollouts / world-model loss")
-    parser.add_argument("--label", default="", help="names the output files (default: the device)")
-    parser.add_argument("--out", help="output folder (default: results/throughput; device mode: results/gpu)")
-    parser.add_argument("--presets", nargs="+", default=["cpu", "5M"], help="planner: model presets")
-    parser.add_argument("--planners", nargs="+", choices=list(PLANNERS), default=["cpu", "paper"])
-    parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 8, 64, 256, 1024])
-    parser.add_argument("--obs-dim", type=int, default=5, help="planner: observation size (5: cartpole-swingup)")
-    parser.add_argument("--act-dim", type=int, default=1)
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="planner: time each row at least this long")
-    parser.add_argument("--env", default="dm_control/cartpole-swingup-v0", help="train: env id")
-    parser.add_argument("--algos", nargs="+", choices=["m3po", "ppo", "sac"], default=["m3po", "sac", "ppo"])
-    parser.add_argument("--preset", default="cpu", help="train: M3PO's model preset")
-    parser.add_argument("--steps", type=int, default=2048, help="train: env steps measured after the warm-up")
-    parser.add_argument("--n-steps", type=int, default=None, help="train: M3PO's n_steps (default: the package's)")
-    parser.add_argument("--warmup", type=int, default=1024, help="train: env steps before the measurement")
-    parser.add_argument("--dry-run", action="store_true", help="device: tiny sizes (checks the script, measures nothing)")
+    add = parser.add_argument
+    add("mode", choices=["planner", "train", "device"])
+    add("--device", default="cuda" if th.cuda.is_available() else "cpu")
+    add("--threads", type=int, default=os.cpu_count() or 1)
+    add("--compile", action="store_true", help="torch.compile the planner rollouts / world-model loss")
+    add("--label", default="", help="names the output files (default: the device)")
+    add("--out", help="output folder (default: results/throughput; device mode: results/gpu)")
+    add("--presets", nargs="+", default=["cpu", "5M"], help="planner: model presets")
+    add("--planners", nargs="+", choices=list(PLANNERS), default=["cpu", "paper"])
+    add("--n-envs", nargs="+", type=int, default=[1, 8, 64, 256, 1024])
+    add("--min-seconds", type=float, default=1.0, help="planner: time each row at least this long")
+    add("--env", default="dm_control/cartpole-swingup-v0", help="train: env id")
+    add("--algos", nargs="+", choices=["m3po", "ppo", "sac"], default=["m3po", "sac", "ppo"])
+    add("--preset", default="cpu", help="train: M3PO's model preset")
+    add("--steps", type=int, default=2048, help="train: env steps measured after the warm-up")
+    add("--n-steps", type=int, default=None, help="train: M3PO's n_steps (default: the package's)")
+    add("--warmup", type=int, default=1024, help="train: env steps before the measurement")
+    add("--dry-run", action="store_true", help="device: tiny sizes (checks the script, measures nothing)")
     args = parser.parse_args(argv)
     th.set_num_threads(args.threads)
     started = time.time()
@@ -237,28 +210,26 @@ def main(argv: list[str] | None = None) -> int:
         sections = {"rows": [train_row(algo, args) for algo in args.algos]}
     else:
         sections = device_sections(args)
+    query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+    driver = subprocess.run(query, capture_output=True, text=True).stdout.strip() if shutil.which(query[0]) else "none"
     header = {
         "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine_description(),
-        "device": f"{device_description(args.device)}, driver {_nvidia_driver()}",
-        "torch": f"{th.__version__} (CUDA {th.version.cuda})",
-        "threads": args.threads,
-        "commit": code_version(),
+        "machine": machine_description(), "device": f"{device_description(args.device)}, driver {driver}",
+        "torch": f"{th.__version__} (CUDA {th.version.cuda})", "threads": args.threads, "commit": code_version(),
         "wall_seconds": round(time.time() - started, 1),
-    }
-    out = args.out or os.path.join(RESULTS, "gpu" if args.mode == "device" else "throughput")
+    }  # fmt: skip
+    out = args.out or os.path.join(BENCH_DIR, "results", "gpu" if args.mode == "device" else "throughput")
     path = os.path.join(out, f"{args.mode}_{args.label or args.device.split(':')[0]}")
     write_atomic(path + ".json", json.dumps({**header, **sections}, indent=1) + "\n")
-    dry = " (dry run: tiny sizes, nothing measured here means anything)" if args.dry_run else ""
-    lines = [f"# Speed: {args.mode}{dry}"]
+    lines = [f"# Speed: {args.mode}" + (" (dry run: tiny sizes, nothing measured here means anything)" * args.dry_run)]
     lines += ["", *[f"* {k}: {v}" for k, v in header.items()]]
     for title, content in sections.items():
-        table = (
+        lines += ["", *([] if title == "rows" else [f"## {title}", ""])]
+        lines += (
             [f"* {k}: {v}" for k, v in content.items()]
             if isinstance(content, dict)
             else [pd.DataFrame(content).to_markdown(index=False, floatfmt=".4g")]
         )
-        lines += ["", *([] if title == "rows" else [f"## {title}", ""]), *table]
     write_atomic(path + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

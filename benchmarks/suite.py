@@ -24,12 +24,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from runner import BENCH_DIR
 from runner.executor import execute
 from runner.report import summarize
 from runner.runs import Layout, shown_path
 from runner.spec import SuiteError, check_suite_environment, current_spec, load_suite, select_runs
-
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @contextmanager
@@ -89,17 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if todo:
                     say = lambda line: print(line, flush=True)  # noqa: E731
-                    failed = execute(
-                        suite.name,
-                        layout,
-                        todo,
-                        args.workers,
-                        args.threads,
-                        args.device,
-                        args.ray_address,
-                        args.status_every,
-                        say,
-                    )
+                    options = (args.workers, args.threads, args.device, args.ray_address, args.status_every, say)
+                    failed = execute(suite.name, layout, todo, *options)
         summarize(suite, layout)
         print(f"summary: {shown_path(os.path.join(layout.results, 'summary.md'))}")
     except SuiteError as e:

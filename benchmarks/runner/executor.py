@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from runner import BENCH_DIR
 from runner.runs import Layout, RunFailed, read_segments, resume_point, train_run, write_result
 from runner.spec import Run
 
@@ -71,8 +72,7 @@ def execute(
     if ray_address:
         import ray
 
-        bench_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        ray.init(address=ray_address, runtime_env={"env_vars": {"PYTHONPATH": bench_dir}}, log_to_driver=False)
+        ray.init(address=ray_address, runtime_env={"env_vars": {"PYTHONPATH": BENCH_DIR}}, log_to_driver=False)
         say(f"ray cluster: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs")
         remote = ray.remote(num_cpus=threads, max_retries=3)(train_run)
         pending: dict[Any, Run] = {remote.remote(run, layout, suite, threads, device): run for run in runs}
@@ -83,13 +83,8 @@ def execute(
         pool = cf.ThreadPoolExecutor(max_workers=workers)
         pending = {pool.submit(train_run, run, layout, suite, threads, device, stop): run for run in runs}
         wait = lambda handles: cf.wait(handles, timeout=1.0, return_when=cf.FIRST_COMPLETED)[0]  # noqa: E731
-        result, failure, active, cancel, close = (
-            cf.Future.result,
-            RunFailed,
-            cf.Future.running,
-            cf.Future.cancel,
-            pool.shutdown,
-        )
+        result, failure, active = cf.Future.result, RunFailed, cf.Future.running
+        cancel, close = cf.Future.cancel, pool.shutdown
     # SIGTERM/SIGHUP stop the runner like Ctrl-C (a background runner's machine going away)
     previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:

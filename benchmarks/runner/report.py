@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runner import BENCH_DIR
 from runner.runs import Layout, shown_path, write_atomic
 from runner.spec import Run, Suite, current_spec
 
-BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Published scores (with their sources). TD-MPC2's result files count simulator steps: the action repeat is
 # applied before they are written (maintainer's answer, nicklashansen/tdmpc2 issue #45).
 REFERENCES = pd.read_csv(os.path.join(BENCH_DIR, "references.csv"))

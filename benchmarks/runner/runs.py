@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runner import REPO_ROOT
 from runner.spec import Run
 from sb3_m3po.zoo.checkpoints import latest_checkpoint
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CURVE_COLUMNS = ["sim_steps", "decisions", "score", "return_mean", "return_std", "success_rate", "episode_length"]
 
 
@@ -97,11 +97,8 @@ def device_description(device: str) -> str:
     import torch as th
 
     device = ("cuda" if th.cuda.is_available() else "cpu") if device == "auto" else device
-    return (
-        f"{device} ({th.cuda.get_device_name(th.device(device))})"
-        if device.startswith("cuda") and th.cuda.is_available()
-        else device
-    )
+    gpu = device.startswith("cuda") and th.cuda.is_available()
+    return f"{device} ({th.cuda.get_device_name(th.device(device))})" if gpu else device
 
 
 def zoo_command(

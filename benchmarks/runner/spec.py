@@ -9,11 +9,12 @@ from typing import Any, Literal
 import gymnasium as gym
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from runner import BENCH_DIR
 from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_params
 from sb3_m3po.common.utils import load_yaml
 from sb3_m3po.m3po.save_util import migrate_settings
 
-SUITES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "suites")
+SUITES_DIR = os.path.join(BENCH_DIR, "suites")
 DEFAULT_SCORE_RANGE = {"return": (0.0, 1000.0), "success": (0.0, 1.0)}
 # Flags the runner sets for every run; a suite setting them too would silently win or lose (argparse keeps
 # the last value), so extra_args may not.
