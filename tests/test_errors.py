@@ -126,7 +126,6 @@ def test_nan_planned_action_raises(tiny):
         ({"planner_kwargs": {"num_sample": 64}}, r"num_sample'\].*valid keys: horizon, num_samples"),
         ({"world_model_kwargs": {"batch_size": 0}}, "batch_size"),
         ({"world_model_kwargs": {"update_ratio": 0.0}}, "update_ratio"),
-        ({"world_model_kwargs": {"train_every": 0}}, "train_every"),
         ({"world_model_kwargs": {"tau": 0.0}}, "tau"),
         ({"world_model_kwargs": {"lr": 1e-3}}, r"\['lr'\] in world_model_kwargs; valid keys: learning_rate"),
         ({"gamma": 1.5}, "gamma"),

@@ -61,41 +61,6 @@ def test_wm_update_ratio_sets_world_model_steps_per_transition(tiny, tmp_path):
     assert {float(v) for v in logged if v} == {16.0}, logged
 
 
-def test_train_every_trains_the_world_model_between_env_steps(tiny):
-    tiny["world_model_kwargs"].update(gradient_steps=-1, update_ratio=0.25, learning_starts=0)
-
-    def run(every: int | None) -> tuple[list[int], int]:
-        kwargs = copy.deepcopy(tiny)
-        kwargs["world_model_kwargs"]["train_every"] = every
-        model = M3PO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **kwargs)
-        weights, changed = model.policy.world_model.dynamics[0].weight, []
-
-        class Watch(BaseCallback):
-            def _on_training_start(self) -> None:
-                self.last = weights.detach().clone()
-
-            def _on_step(self) -> bool:
-                if not th.equal(weights, self.last):
-                    changed.append(self.n_calls - 1)  # index of the env step after the change
-                self.last = weights.detach().clone()
-                return True
-
-        model.learn(2 * 32 * 2, callback=Watch())
-        return changed, max(int(state["step"]) for state in model.wm_optimizer.state.values())
-
-    after_rollouts, steps_after_rollouts = run(None)
-    between_steps, steps_between = run(8)
-    assert after_rollouts == [32], "without train_every the world model changes only between rollouts"
-    assert between_steps == [8, 16, 24, 32, 40, 48, 56], "with train_every=8 it changes after every 8 env steps"
-    assert steps_between == steps_after_rollouts == 2 * 32 * 2 // 4, "the same gradient steps per transition"
-
-
-def test_train_every_must_divide_n_steps(tiny):
-    tiny["world_model_kwargs"]["train_every"] = 5
-    with pytest.raises(ValueError, match=r"train_every.*=5 must divide n_steps=32"):
-        M3PO("MlpPolicy", "Pendulum-v1", **tiny)
-
-
 def test_learn_with_env_id_string_and_progress_bar(tiny, monkeypatch):
     from stable_baselines3.common.callbacks import ProgressBarCallback
 

@@ -190,10 +190,8 @@ class WorldModelTrainingConfig:
     :param learning_rate: Adam learning rate of the world model
     :param enc_lr_scale: encoder learning-rate multiplier
     :param batch_size: subsequences per gradient step
-    :param gradient_steps: steps per update (-1: ``update_ratio`` per transition collected since the last)
+    :param gradient_steps: steps per rollout (-1: ``update_ratio`` per collected transition)
     :param update_ratio: steps per collected transition when ``gradient_steps=-1``
-    :param train_every: env steps (per env) between world-model updates inside a rollout, as TD-MPC2 trains
-        between env steps (``n_steps`` must be a multiple); None: one update after each rollout's PPO epochs
     :param learning_starts: transitions in replay before the world model trains
     :param buffer_size: replay capacity (transitions)
     :param rho: temporal weight of the multi-step losses
@@ -224,7 +222,6 @@ class WorldModelTrainingConfig:
     batch_size: int = 128
     gradient_steps: int = -1
     update_ratio: float = 1.0
-    train_every: int | None = None
     learning_starts: int = 1000
     buffer_size: int = 1_000_000
     rho: float = 0.5
@@ -248,10 +245,6 @@ class WorldModelTrainingConfig:
                 (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
                 (self.gradient_steps >= -1, f"gradient_steps must be -1 or >= 0, got {self.gradient_steps}"),
                 (self.update_ratio > 0, f"update_ratio must be > 0, got {self.update_ratio}"),
-                (
-                    self.train_every is None or self.train_every >= 1,
-                    f"train_every must be None or >= 1, got {self.train_every}",
-                ),
                 (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
                 (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
                 (0 < self.rho <= 1, f"rho must be in (0, 1], got {self.rho}"),
@@ -262,8 +255,8 @@ class WorldModelTrainingConfig:
             "world-model training",
         )
 
-    def steps_per_update(self, transitions: int) -> int:
-        """World-model gradient steps of an update after ``transitions`` new transitions."""
+    def steps_per_rollout(self, transitions: int) -> int:
+        """World-model gradient steps after a rollout of ``transitions`` transitions."""
         if self.gradient_steps >= 0:
             return self.gradient_steps
         return max(1, round(self.update_ratio * transitions))

@@ -60,8 +60,7 @@ class M3PO(M3POSaveLoad, PPO):
     4. **PPO epochs** on the prior and value head, with a bounded (and optionally dual-clipped) ratio;
     5. **world-model update**: TD-MPC2's consistency, reward and Q losses on replayed subsequences,
        each step followed by a Q-guided step on the prior mean (``prior_q_coef``), so the prior that
-       proposes the planner's samples and values its horizon keeps up with the Q function
-       (``world_model_kwargs["train_every"]`` moves this update between the env steps of step 1).
+       proposes the planner's samples and values its horizon keeps up with the Q function.
 
     Paper: https://arxiv.org/abs/2506.21782 (world model and planner as TD-MPC2, https://arxiv.org/abs/2310.16828)
 
@@ -143,9 +142,6 @@ class M3PO(M3POSaveLoad, PPO):
         self.world_model_config = make_config(WorldModelTrainingConfig, world_model_kwargs, "world_model_kwargs")
         self.bonus_config = make_config(BonusConfig, bonus_kwargs, "bonus_kwargs")
         self.prior_config = make_config(PriorConfig, prior_kwargs, "prior_kwargs")
-        every = self.world_model_config.train_every
-        if every is not None and n_steps % every:
-            raise ValueError(f"world_model_kwargs['train_every']={every} must divide n_steps={n_steps}")
         super().__init__(
             policy,  # type: ignore[arg-type]  # PPO's annotation names ActorCriticPolicy; M3POPolicy stands in for it
             env,
@@ -288,7 +284,7 @@ class M3PO(M3POSaveLoad, PPO):
         if self._plan is None or self._plan.shape[0] != env.num_envs:
             self._plan = self.policy.initial_plan(env.num_envs)
         stds = []
-        for step in range(n_rollout_steps):
+        for _ in range(n_rollout_steps):
             obs_flat = self._flat(self._last_obs)
             check_finite("observation", obs_flat, self.num_timesteps)
             starts = th.as_tensor(self._last_episode_starts, device=self.device).bool()
@@ -333,10 +329,6 @@ class M3PO(M3POSaveLoad, PPO):
             self._last_episode_starts = dones
             if vec_norm is not None:
                 self._last_original_obs = vec_norm.get_original_obs()
-            every = self.world_model_config.train_every
-            if every is not None and (step + 1) % every == 0:
-                self._update_world_model(every * env.num_envs)
-                self.policy.set_training_mode(False)
 
         self.logger.record("train/mppi_std", th.stack(stds).mean().item())
         self._returns_advantages_and_bonus()
@@ -358,11 +350,10 @@ class M3PO(M3POSaveLoad, PPO):
 
     # ------------------------------------------------------------------ 4. PPO epochs, 5. world-model update
     def train(self) -> None:
-        """PPO epochs on the prior and value function, then (unless it trains inside the rollout) the world model."""
+        """PPO epochs on the prior and value function, then world-model gradient steps."""
         if self.n_epochs > 0:
             self._ppo_epochs()
-        if self.world_model_config.train_every is None:
-            self._update_world_model(self.n_steps * self.n_envs)
+        self._update_world_model()
 
     def _ppo_epochs(self) -> None:
         """
@@ -430,12 +421,12 @@ class M3PO(M3POSaveLoad, PPO):
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
-    def _update_world_model(self, transitions: int) -> None:
-        """World-model gradient steps for ``transitions`` new transitions (once replay holds ``learning_starts``)."""
+    def _update_world_model(self) -> None:
+        """World-model gradient steps for the rollout's transitions (once replay holds ``learning_starts``)."""
         cfg = self.world_model_config
         if self.replay_buffer.size() < max(cfg.learning_starts, 1):
             return
-        steps = cfg.steps_per_update(transitions)
+        steps = cfg.steps_per_rollout(self.n_steps * self.n_envs)
         if steps == 0:
             return
         self.policy.set_training_mode(True)
