@@ -110,6 +110,18 @@ def test_metaworld_with_tdmpc2_protocol_repeats_actions_and_ends_after_100_decis
         assert truncated == (decision == 100) and not terminated
 
 
+def test_metaworld_episodes_follow_the_reset_seed():
+    """As rl-zoo3 builds it (no seed at construction), then seeded by SB3's first reset: two envs agree."""
+
+    def episode_starts(seed: int) -> np.ndarray:
+        env = make_env("metaworld/drawer-open-v3")
+        return np.stack([env.reset(seed=seed)[0], *(env.reset()[0] for _ in range(3))])
+
+    first = episode_starts(3)
+    np.testing.assert_array_equal(first, episode_starts(3))  # goal and object positions included
+    assert not np.array_equal(first, episode_starts(4)), "another seed draws other task variants"
+
+
 def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     model = M3PO("MlpPolicy", "Pendulum-v1", seed=1, **tiny)
     model.learn(96)
@@ -272,6 +284,19 @@ def test_seeded_runs_are_reproducible(tiny):
         return th.cat([p.flatten() for p in model.policy.parameters()])
 
     assert th.equal(run(), run())
+
+
+def test_seeded_metaworld_runs_are_reproducible(tiny):
+    register_envs()
+
+    def run():
+        model = M3PO("MlpPolicy", "metaworld/reach-v3", seed=3, **tiny)  # built as rl-zoo3 builds it: no env seed
+        model.learn(96)
+        return th.cat([p.flatten() for p in model.policy.parameters()]), model.replay_buffer.observations[:96].copy()
+
+    (params, observations), (params_again, observations_again) = run(), run()
+    np.testing.assert_array_equal(observations, observations_again)
+    assert th.equal(params, params_again)
 
 
 def test_vecnormalize_and_set_env(tiny):

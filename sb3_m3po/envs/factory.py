@@ -7,7 +7,7 @@ import numpy as np
 
 from sb3_m3po.common.hyperparams import entry_action_repeat, shipped_params
 from sb3_m3po.envs.registration import register_envs
-from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SuccessInfo
+from sb3_m3po.envs.wrappers import ActionRepeat, DMCWrapper, SeededTasks, SuccessInfo
 
 
 def make_metaworld(task: str, seed: int | None = None, action_repeat: int = 1, **kwargs: Any) -> gym.Env:
@@ -21,7 +21,7 @@ def make_metaworld(task: str, seed: int | None = None, action_repeat: int = 1, *
     """
     import metaworld  # noqa: F401  (registers Meta-World/MT1)
 
-    env = gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs)
+    env: gym.Env = SeededTasks(gym.make("Meta-World/MT1", env_name=task, seed=seed, **kwargs), task, seed)
     env = gym.wrappers.DtypeObservation(SuccessInfo(env), np.float32)
     return ActionRepeat(env, action_repeat) if action_repeat > 1 else env
 

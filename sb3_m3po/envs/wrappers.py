@@ -40,6 +40,38 @@ class SuccessInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class SeededTasks(gym.Wrapper):
+    """
+    Meta-World MT1 draws its task variants (goal and object positions) when it is built, from an unseeded
+    generator unless it gets a seed, and picks an episode's variant before the reset's seed reaches the env.
+    rl-zoo3 and SB3 seed an env on its first reset only, so a seeded reset here draws the variants anew and
+    seeds the pick from that seed: a run's episodes then follow its ``seed``.
+
+    :param env: a ``Meta-World/MT1`` env (its task-selecting wrapper holds ``tasks``)
+    :param task: the Meta-World task name, e.g. ``drawer-open-v3``
+    :param seed: the seed ``env`` was built with (None: unseeded)
+    """
+
+    def __init__(self, env: gym.Env, task: str, seed: int | None = None) -> None:
+        super().__init__(env)
+        self.task, self.tasks_seed = task, seed
+        selector: Any = env
+        while not hasattr(selector, "tasks"):
+            assert isinstance(selector, gym.Wrapper), f"no task-selecting wrapper in the Meta-World env {env}"
+            selector = selector.env
+        self.selector = selector
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            if seed != self.tasks_seed:  # drawing builds the env and resets it 50 times: only when needed
+                import metaworld
+
+                self.selector.tasks = list(metaworld.MT1(self.task, seed=seed).train_tasks)
+                self.tasks_seed = seed
+            self.env.unwrapped.seed(seed)  # type: ignore[attr-defined]  # SawyerXYZEnv: seeds the variant pick
+        return self.env.reset(seed=seed, options=options)
+
+
 class DMCWrapper(gym.Wrapper):
     """
     DMControl through shimmy made SB3-friendly: flat float32 observations and action repeat.
