@@ -62,8 +62,11 @@ def seconds_per_call(fn: Callable[[], Any], device: str, min_seconds: float) -> 
 def planner_row(preset: str, planner: str, n_envs: int, args: argparse.Namespace) -> dict[str, Any]:
     th.manual_seed(0)
     spaces = (gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32))
-    kwargs = {"model_size": preset, "planner": PLANNERS[planner]}
-    make = lambda compiled: M3POPolicy(*spaces, lambda _: 3e-4, **kwargs, torch_compile=compiled).to(args.device).eval()  # noqa: E731
+
+    def make(compiled: bool) -> M3POPolicy:
+        made = M3POPolicy(*spaces, lambda _: 3e-4, model_size=preset, planner=PLANNERS[planner], torch_compile=compiled)
+        return made.to(args.device).eval()
+
     timed = make(args.compile)
     eager = make(False) if args.compile else timed  # the FLOP counter sees no ops inside compiled graphs
     obs, plan = th.randn(n_envs, OBS_DIM, device=args.device), timed.initial_plan(n_envs)
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(BENCH_DIR, "results", "gpu" if args.mode == "device" else "throughput")
     path = os.path.join(out, f"{args.mode}_{args.label or args.device.split(':')[0]}")
     write_atomic(path + ".json", json.dumps({**header, **sections}, indent=1) + "\n")
-    lines = [f"# Speed: {args.mode}" + (" (dry run: tiny sizes, nothing measured here means anything)" * args.dry_run)]
+    dry = " (dry run: tiny sizes, nothing measured here means anything)" if args.dry_run else ""
+    lines = [f"# Speed: {args.mode}{dry}"]
     lines += ["", *[f"* {k}: {v}" for k, v in header.items()]]
     for title, content in sections.items():
         lines += ["", *([] if title == "rows" else [f"## {title}", ""])]
