@@ -61,6 +61,33 @@ def test_wm_update_ratio_sets_world_model_steps_per_transition(tiny, tmp_path):
     assert {float(v) for v in logged if v} == {16.0}, logged
 
 
+@pytest.mark.parametrize("seed_steps", [0, 48])
+def test_seed_phase_acts_at_random_and_the_first_update_takes_its_transitions(tiny, tmp_path, seed_steps):
+    from stable_baselines3.common.logger import configure
+
+    tiny["n_steps"] = 8
+    tiny["world_model_kwargs"].update(gradient_steps=-1, update_ratio=1.0, learning_starts=40, seed_steps=seed_steps)
+    model = M3PO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **tiny)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    uniform = []
+
+    class Watch(BaseCallback):
+        def _on_rollout_end(self) -> None:  # uniform on [-1, 1]: a behaviour density of 1/2 for Pendulum's one dim
+            uniform.append(bool(np.allclose(model.rollout_buffer.behaviour_log_probs, -np.log(2.0))))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(5 * 16, callback=Watch())
+    # 16 transitions per rollout: rollouts 1-3 (steps 0-47) in the seed phase, 4-5 planned
+    assert uniform == ([True] * 3 + [False] * 2 if seed_steps else [False] * 5)
+    lines = (tmp_path / "progress.csv").read_text().splitlines()
+    column = lines[0].split(",").index("train/wm_gradient_steps")
+    logged = [float(v) for v in (line.split(",")[column] for line in lines[1:]) if v]
+    # replay reaches learning_starts after rollout 3 (48 transitions); with a seed phase that update takes all of them
+    assert logged == ([48.0, 16.0] if seed_steps else [16.0, 16.0])
+
+
 def test_learn_with_env_id_string_and_progress_bar(tiny, monkeypatch):
     from stable_baselines3.common.callbacks import ProgressBarCallback
 

@@ -161,6 +161,19 @@ def test_masked_action_dims_never_change_a_log_probability(use_planner):
         assert th.allclose(entropy[3:], dist.entropy()[3:].sum(-1), atol=1e-6)
 
 
+def test_seed_phase_random_actions_leave_masked_dims_at_zero():
+    policy, obs = _policy(True)
+    th.manual_seed(0)
+    with th.no_grad():
+        out = policy.random_act(obs, policy.initial_plan(6))
+        _, log_prob, _ = policy.evaluate_actions(obs, out.action)
+    assert th.all(out.action[:3, 1] == 0) and th.all(out.action[3:] != 0), "task 0's second dim is padding"
+    assert th.all(out.action.abs() <= 1)
+    # the uniform density on [-1, 1] of the valid dims only: 1/2 for task 0's one dim, 1/4 for task 1's two
+    expected = -th.log(th.tensor([2.0] * 3 + [4.0] * 3))
+    assert th.allclose(out.behaviour_log_prob, expected) and th.allclose(out.log_prob, log_prob, atol=1e-5)
+
+
 def test_masked_log_prob_ignores_zero_std_of_masked_dims():
     x = th.tensor([[0.3, 9.0]])
     mean, std = th.tensor([[0.1, 0.0]]), th.tensor([[0.5, 0.0]])  # MPPI's refit leaves std 0 on masked dims

@@ -193,6 +193,10 @@ class WorldModelTrainingConfig:
     :param gradient_steps: steps per rollout (-1: ``update_ratio`` per collected transition)
     :param update_ratio: steps per collected transition when ``gradient_steps=-1``
     :param learning_starts: transitions in replay before the world model trains
+    :param seed_steps: env steps (all envs counted) acted with uniform random actions before the planner takes
+        over, as TD-MPC2's seed phase (and SB3's off-policy ``learning_starts``); with it, the world model's first
+        update takes ``update_ratio`` steps per transition in replay, not only per transition of the rollout
+        (TD-MPC2's pretraining on the seed data). 0: the planner acts from the first step
     :param buffer_size: replay capacity (transitions)
     :param rho: temporal weight of the multi-step losses
     :param consistency_coef: latent consistency loss weight
@@ -223,6 +227,7 @@ class WorldModelTrainingConfig:
     gradient_steps: int = -1
     update_ratio: float = 1.0
     learning_starts: int = 1000
+    seed_steps: int = 0
     buffer_size: int = 1_000_000
     rho: float = 0.5
     consistency_coef: float = 20.0
@@ -246,6 +251,7 @@ class WorldModelTrainingConfig:
                 (self.gradient_steps >= -1, f"gradient_steps must be -1 or >= 0, got {self.gradient_steps}"),
                 (self.update_ratio > 0, f"update_ratio must be > 0, got {self.update_ratio}"),
                 (self.learning_starts >= 0, f"learning_starts must be >= 0, got {self.learning_starts}"),
+                (self.seed_steps >= 0, f"seed_steps must be >= 0, got {self.seed_steps}"),
                 (self.buffer_size >= 1, f"buffer_size must be >= 1, got {self.buffer_size}"),
                 (0 < self.rho <= 1, f"rho must be in (0, 1], got {self.rho}"),
                 *[(getattr(self, c) >= 0, f"{c} must be >= 0, got {getattr(self, c)}") for c in coefs],

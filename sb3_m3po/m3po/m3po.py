@@ -52,7 +52,8 @@ class M3PO(M3POSaveLoad, PPO):
     1. **plan and step**: every env's action comes from MPPI in the world model's latent space, guided
        by the Gaussian policy prior (one batched call for all envs); the transition goes into the
        rollout buffer (with the log-probability of the action under the planner's distribution) and
-       into the replay buffer of the world model;
+       into the replay buffer of the world model (during an optional seed phase, ``world_model_kwargs['seed_steps']``,
+       the actions are uniform random instead);
     2. **returns and advantages**: GAE with truncated importance weights ``min(1, pi/mu)``, because the
        prior ``pi`` did not choose the actions, the planner ``mu`` did;
     3. **bonus**: ``alpha_k * clip(zscore(|Q_MB - Q_MF|), 0, c)`` added to the advantages, where the
@@ -289,7 +290,11 @@ class M3PO(M3POSaveLoad, PPO):
             check_finite("observation", obs_flat, self.num_timesteps)
             starts = th.as_tensor(self._last_episode_starts, device=self.device).bool()
             with th.inference_mode():
-                out = self.policy.act(th.as_tensor(obs_flat, device=self.device), shift_plan(self._plan, starts))
+                obs_tensor = th.as_tensor(obs_flat, device=self.device)
+                if self.num_timesteps < self.world_model_config.seed_steps:
+                    out = self.policy.random_act(obs_tensor, self._plan)
+                else:
+                    out = self.policy.act(obs_tensor, shift_plan(self._plan, starts))
             self._plan = out.plan
             stds.append(out.behaviour_std.mean())
             actions = out.action.cpu().numpy()
@@ -426,7 +431,10 @@ class M3PO(M3POSaveLoad, PPO):
         cfg = self.world_model_config
         if self.replay_buffer.size() < max(cfg.learning_starts, 1):
             return
-        steps = cfg.steps_per_rollout(self.n_steps * self.n_envs)
+        transitions = self.n_steps * self.n_envs
+        if cfg.seed_steps > 0 and self.replay_buffer.size() - transitions < max(cfg.learning_starts, 1):
+            transitions = self.replay_buffer.size()  # the first update: TD-MPC2's pretraining on the seed data
+        steps = cfg.steps_per_rollout(transitions)
         if steps == 0:
             return
         self.policy.set_training_mode(True)

@@ -387,6 +387,22 @@ class M3POPolicy(BasePolicy):
             std,
         )
 
+    def random_act(self, obs: th.Tensor, plan: th.Tensor) -> ActResult:
+        """
+        Uniform random actions in ``[-1, 1]`` (masked dims 0) for the seed phase (``world_model_kwargs['seed_steps']``),
+        with the prior's log-probability and the value as :meth:`act` gives them; the plan passes through unchanged.
+        """
+        task = self.task_ids(obs)
+        mask = self.action_mask(task)
+        action = th.rand(obs.shape[0], self.action_dim, device=obs.device, dtype=obs.dtype) * 2.0 - 1.0
+        std = th.full_like(action, 1.0 / math.sqrt(3.0))  # of the uniform distribution on [-1, 1]
+        if mask is not None:
+            action, std = action * mask, std * mask
+        valid_dims = action.new_full(action.shape[:1], self.action_dim) if mask is None else mask.sum(-1)
+        z = self.world_model.encode(obs, task)
+        log_prob = self.prior_log_prob(self.prior_distribution(z, task), action, task)
+        return ActResult(action, self.value(z, task), log_prob, -valid_dims * math.log(2.0), plan, std)
+
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         """Flat ``[-1, 1]`` actions ``(B, action_dim)`` clipped and rescaled to the env's bounds and shape."""
         assert self.action_space.shape is not None, "M3PO needs a Box action space"
