@@ -343,6 +343,16 @@ def test_committed_summaries_regenerate_from_their_records(tmp_path):
             )
 
 
+def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(tmp_path):
+    # m3po's records are m3po_seed<S>.json; m3po_seed5k_seed0.json is m3po_seed5k's, not a stray m3po record
+    committed = os.path.join(REPO, "benchmarks", "results", "mujoco_diagnostics", "raw", "halfcheetah")
+    shutil.copytree(committed, tmp_path / "raw" / "halfcheetah")
+    assert sorted(os.listdir(tmp_path / "raw" / "halfcheetah"))[-2:] == ["m3po_seed5k_seed0.csv", "m3po_seed5k_seed0.json"]
+    table, _, notes = report.load_results(spec.load_suite("mujoco_diagnostics"), runs.Layout(str(tmp_path), str(tmp_path)))
+    assert notes == []
+    assert sorted(zip(table.algorithm, table.seed)) == [("m3po", 0), ("m3po_seed5k", 0)]
+
+
 def test_summary_of_a_suite_whose_main_algorithms_have_no_run_yet(tmp_path):
     # only a diagnostic has finished: the summary says so instead of failing on an empty main figure
     committed = os.path.join(REPO, "benchmarks", "results", "mujoco_diagnostics", "raw", "hopper")

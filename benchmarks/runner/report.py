@@ -6,9 +6,9 @@ are percentile bootstraps over seeds; aggregates (IQM, mean, performance profile
 resampling is seeded, so regenerating a summary from the same records gives the same numbers.
 """
 
-import glob
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -67,7 +67,10 @@ def load_results(suite: Suite, layout: Layout) -> tuple[pd.DataFrame, pd.DataFra
     records, curves, notes = [], [], []
     for task in suite.tasks.values():
         for algorithm in suite.algorithms.values():
-            for path in sorted(glob.glob(os.path.join(layout.results, "raw", task.name, f"{algorithm.name}_seed*.json"))):
+            folder = os.path.join(layout.results, "raw", task.name)
+            mine = re.compile(rf"{re.escape(algorithm.name)}_seed\d+\.json")  # for m3po not m3po_seed5k_seed0.json
+            names = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if mine.fullmatch(n))
+            for path in (os.path.join(folder, name) for name in names):
                 with open(path) as f:
                     record = json.load(f)
                 if current_spec(record["spec"]) != Run(task, algorithm, record["seed"]).spec():
