@@ -429,11 +429,12 @@ class M3PO(M3POSaveLoad, PPO):
     def _update_world_model(self) -> None:
         """World-model gradient steps for the rollout's transitions (once replay holds ``learning_starts``)."""
         cfg = self.world_model_config
-        if self.replay_buffer.size() < max(cfg.learning_starts, 1):
+        stored, starts = self.replay_buffer.size(), max(cfg.learning_starts, 1)
+        if stored < starts:
             return
         transitions = self.n_steps * self.n_envs
-        if cfg.seed_steps > 0 and self.replay_buffer.size() - transitions < max(cfg.learning_starts, 1):
-            transitions = self.replay_buffer.size()  # the first update: TD-MPC2's pretraining on the seed data
+        if cfg.seed_steps > 0 and stored - transitions < starts:
+            transitions = stored  # the first update: TD-MPC2's pretraining on the seed data
         steps = cfg.steps_per_rollout(transitions)
         if steps == 0:
             return
