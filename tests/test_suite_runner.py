@@ -346,13 +346,32 @@ def test_committed_summaries_regenerate_from_their_records(tmp_path):
 def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(tmp_path):
     # m3po's records are m3po_seed<S>.json; m3po_seed5k_seed0.json is m3po_seed5k's, not a stray m3po record
     committed = os.path.join(REPO, "benchmarks", "results", "mujoco_diagnostics", "raw", "halfcheetah")
-    shutil.copytree(committed, tmp_path / "raw" / "halfcheetah")
-    records = [name for name in os.listdir(tmp_path / "raw" / "halfcheetah") if name.endswith(".json")]
-    assert "m3po_seed0.json" in records and "m3po_seed5k_seed0.json" in records
-    table, _, notes = report.load_results(spec.load_suite("mujoco_diagnostics"), runs.Layout(str(tmp_path), str(tmp_path)))
+    folder = tmp_path / "raw" / "halfcheetah"
+    folder.mkdir(parents=True)
+    for seed in (0, 1):  # m3po's records, and m3po_no_seed_phase's under the name m3po_seed5k
+        for suffix in (".json", ".csv"):
+            shutil.copy(os.path.join(committed, f"m3po_seed{seed}{suffix}"), folder)
+        with open(os.path.join(committed, f"m3po_no_seed_phase_seed{seed}.json")) as f:
+            record = {**json.load(f), "algorithm": "m3po_seed5k"}
+        (folder / f"m3po_seed5k_seed{seed}.json").write_text(json.dumps(record))
+        shutil.copy(os.path.join(committed, f"m3po_no_seed_phase_seed{seed}.csv"), folder / f"m3po_seed5k_seed{seed}.csv")
+    suite_file = tmp_path / "extends.yml"
+    suite_file.write_text(
+        yaml.safe_dump(
+            {
+                "seeds": [0, 1],
+                "defaults": {"sim_steps": 30000, "eval_every": 10000, "eval_episodes": 5, "score": "return"},
+                "tasks": {"halfcheetah": {"env": "HalfCheetah-v5", "score_range": [0, 9535]}},
+                "algorithms": {
+                    "m3po": {"algo": "m3po"},
+                    "m3po_seed5k": {"algo": "m3po", "params": {"world_model_kwargs": {"seed_steps": 0}}},
+                },
+            }
+        )
+    )
+    table, _, notes = report.load_results(spec.load_suite(str(suite_file)), runs.Layout(str(tmp_path), str(tmp_path)))
     assert notes == []
-    expected = [(name.rsplit("_seed", 1)[0], int(name.rsplit("_seed", 1)[1][: -len(".json")])) for name in records]
-    assert sorted(zip(table.algorithm, table.seed)) == sorted(expected)
+    assert sorted(zip(table.algorithm, table.seed)) == [("m3po", 0), ("m3po", 1), ("m3po_seed5k", 0), ("m3po_seed5k", 1)]
 
 
 def test_summary_of_a_suite_whose_main_algorithms_have_no_run_yet(tmp_path):

@@ -174,6 +174,24 @@ def test_train_m3po_on_an_unlisted_dm_control_id_uses_the_family_entry(tmp_path)
 
 
 @pytest.mark.slow
+def test_train_m3po_on_a_gymnasium_mujoco_id_gets_the_seed_phase_of_its_entry(tmp_path):
+    from sb3_m3po import M3PO
+
+    log = str(tmp_path / "logs")
+    # TINY_PARAMS without its world_model_kwargs, which would replace the entry's whole dict
+    params = [p for p in TINY_PARAMS if not p.startswith("world_model_kwargs:")]
+    out = run_module(
+        "sb3_m3po.zoo.train", "--algo", "m3po", "--env", "Hopper-v5", "-n", "64", "-f", log, "--eval-freq", "-1", *params,
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(glob.glob(os.path.join(log, "m3po", "**", "config.yml"), recursive=True)[0]) as f:
+        assert "seed_steps" in f.read(), "the saved configuration names the entry's seed phase"
+    model = M3PO.load(glob.glob(os.path.join(log, "m3po", "**", "Hopper-v5.zip"), recursive=True)[0])
+    assert model.world_model_config.seed_steps == 5000
+
+
+@pytest.mark.slow
 def test_resumable_checkpoints_keep_the_latest_and_resume_with_its_replay(tmp_path):
     from sb3_m3po import M3PO
     from sb3_m3po.zoo.checkpoints import latest_checkpoint
