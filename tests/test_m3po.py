@@ -172,19 +172,6 @@ def test_save_load_gives_identical_deterministic_actions(tiny, tmp_path):
     assert np.array_equal(without_env.predict(obs, deterministic=True)[0], a_loaded)
 
 
-def test_elite_action_choice_learns_and_survives_save_load(tiny, tmp_path):
-    tiny["planner_kwargs"]["action_choice"] = "elite"
-    model = M3PO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **tiny)
-    model.learn(128)
-    logged = model.rollout_buffer.behaviour_log_probs
-    assert np.isfinite(logged).all() and model.policy.planner.config.action_choice == "elite"
-    model.save(tmp_path / "m3po")
-    loaded = M3PO.load(tmp_path / "m3po", env=model.env)
-    assert loaded.planner_config.action_choice == "elite"
-    obs = model.env.reset()
-    assert np.array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
-
-
 def test_deferred_keyboard_interrupt_lets_the_block_finish_then_raises():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -7,7 +7,6 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from sb3_m3po.common.math import (
     clipped_surrogate,
     exploration_bonus,
-    gaussian_mixture_log_prob,
     importance_corrected_gae,
     mppi_refit,
     simnorm,
@@ -88,24 +87,6 @@ def test_mppi_refit_masks_invalid_dims():
     refit = mppi_refit(actions, th.randn(2, 8), 4, 0.5, 0.05, 2.0, mask)
     assert (refit.mean[0, :, 2:] == 0).all() and (refit.std[1, :, 3] == 0).all()
     assert (refit.std[0, :, :2] >= 0.05).all()
-
-
-def test_gaussian_mixture_log_prob_is_the_weighted_sum_of_component_densities_on_valid_dims():
-    th.manual_seed(0)
-    x, means, std = th.randn(3, 4), th.randn(3, 5, 4), th.rand(3, 4) + 0.1
-    weights = th.softmax(th.randn(3, 5), dim=1)
-    mask = th.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
-    std = std * mask  # masked dims carry std 0, as the refit leaves them
-    for b in range(3):
-        valid = mask[b] > 0
-        density = sum(
-            weights[b, k] * th.distributions.Normal(means[b, k, valid], std[b, valid]).log_prob(x[b, valid]).sum().exp()
-            for k in range(5)
-        )
-        got = gaussian_mixture_log_prob(x, means, std, weights, mask)[b]
-        assert th.allclose(got, density.log(), atol=1e-5), (b, got, density.log())
-    one = gaussian_mixture_log_prob(x, means[:, :1], std + 1.0, th.ones(3, 1))
-    assert th.allclose(one, th.distributions.Normal(means[:, 0], std + 1.0).log_prob(x).sum(-1), atol=1e-5)
 
 
 def test_exploration_bonus():

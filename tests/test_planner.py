@@ -78,40 +78,6 @@ def test_sampled_action_reports_its_gaussian_log_density():
     assert not th.allclose(out.action, out.mean)
 
 
-class TwoModeModel(PointModel):
-    """Reward -(|z + a| - 0.5)^2 per dim: from z = 0 every dim has two optima, +0.5 and -0.5, of equal value."""
-
-    def reward(self, z, action, task):
-        return -(((z + action).abs() - 0.5) ** 2).sum(-1, keepdim=True)
-
-
-def test_elite_action_choice_acts_on_a_mode_where_the_elites_mean_falls_between_modes():
-    th.manual_seed(0)
-    config = dict(horizon=1, num_samples=2048, num_elites=64, num_prior_trajectories=0, iterations=1, max_std=0.6)
-    z, plan = th.zeros(16, 2), th.zeros(16, 1, 2)
-    elite = MPPIPlanner(PlannerConfig(action_choice="elite", **config), gamma=0.99)
-    out = elite.plan(TwoModeModel(0.0), z, plan, deterministic=True)
-    # the heaviest elite is a sample near one of the two optima in every dim
-    assert (out.action.abs() - 0.5).abs().max() < 0.1, out.action
-    # the refitted mean averages elites from both optima in each dim
-    assert out.mean.abs().mean() < 0.5 * out.action.abs().mean()
-    mean = MPPIPlanner(PlannerConfig(**config), gamma=0.99).plan(TwoModeModel(0.0), z, plan, deterministic=True)
-    assert th.equal(mean.action, mean.mean)
-
-
-def test_elite_action_reports_its_mixture_density_and_the_gaussian_one_with_one_elite():
-    model, z, plan, g = PointModel(goal=0.2), th.zeros(256, 2), th.zeros(256, 3, 2), th.Generator().manual_seed(0)
-    config = dict(num_samples=64, num_prior_trajectories=0, action_choice="elite")
-    single = MPPIPlanner(PlannerConfig(num_elites=1, **config), gamma=0.99).plan(model, z, plan, generator=g)
-    expected = th.distributions.Normal(single.mean, single.std).log_prob(single.action).sum(-1)
-    assert th.allclose(single.log_prob, expected, atol=1e-5)
-    # with several elites the density is their mixture, not the Gaussian around the refitted mean
-    several = MPPIPlanner(PlannerConfig(num_elites=8, **config), gamma=0.99).plan(model, z, plan, generator=g)
-    assert th.isfinite(several.log_prob).all() and several.log_prob.shape == (256,)
-    gaussian = th.distributions.Normal(several.mean, several.std).log_prob(several.action).sum(-1)
-    assert not th.allclose(several.log_prob, gaussian, atol=1e-3)
-
-
 def test_shift_plan_warm_start_and_reset():
     plan = th.arange(2 * 3 * 1, dtype=th.float32).view(2, 3, 1)
     shifted = shift_plan(plan)
@@ -129,7 +95,6 @@ def test_shift_plan_warm_start_and_reset():
         ({"min_std": 3.0, "max_std": 2.0}, "min_std"),
         ({"temperature": 0.0}, "temperature"),
         ({"iterations": 0}, "iterations"),
-        ({"action_choice": "best"}, "action_choice"),
     ],
 )
 def test_invalid_planner_settings_name_the_parameter(kwargs, name):

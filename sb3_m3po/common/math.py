@@ -202,24 +202,6 @@ def masked_gaussian_log_prob(x: th.Tensor, mean: th.Tensor, std: th.Tensor, mask
     return (log_prob * mask).sum(-1)
 
 
-def gaussian_mixture_log_prob(
-    x: th.Tensor, means: th.Tensor, std: th.Tensor, weights: th.Tensor, mask: th.Tensor | None = None
-) -> th.Tensor:
-    """
-    ``log sum_k w_k N(x; means_k, std)`` over the valid dimensions: the density of an action made by drawing a
-    component by its weight and adding ``std`` noise to its mean.
-
-    :param x: ``(B, A)`` points
-    :param means: ``(B, K, A)`` component means
-    :param std: ``(B, A)`` the std every component shares
-    :param weights: ``(B, K)`` component probabilities
-    :param mask: optional ``(B, A)`` of 0/1, 1 on valid dimensions
-    :return: ``(B,)``
-    """
-    per_component = masked_gaussian_log_prob(x[:, None], means, std[:, None], None if mask is None else mask[:, None])
-    return th.logsumexp(th.log(weights) + per_component, dim=1)
-
-
 def masked_gaussian_entropy(std: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
     """
     Entropy of a diagonal Gaussian over the valid dimensions of the last axis: ``sum_valid 0.5 log(2 pi e std^2)``.

@@ -75,11 +75,6 @@ class PlannerConfig:
     :param temperature: multiplies the elite scores in the softmax
     :param min_std: lower clamp of the sampling std
     :param max_std: upper clamp (and initial value) of the sampling std
-    :param action_choice: what the executed action is centred on: ``"mean"``, the refitted mean's first action,
-        or ``"elite"``, the first action of one elite drawn by its weight (the heaviest when deterministic), as
-        TD-MPC2 acts. With many action dims and nearly equal weights the mean of the elites is shorter than
-        any of them; the elite's action keeps its magnitude. Its density (for PPO's ratio) is the mixture
-        over elites ``sum_k w_k N(a; e_k, std)``
     """
 
     horizon: int = 3
@@ -90,15 +85,10 @@ class PlannerConfig:
     temperature: float = 0.5
     min_std: float = 0.05
     max_std: float = 2.0
-    action_choice: str = "mean"
 
     def __post_init__(self) -> None:
         _check(
             [
-                (
-                    self.action_choice in ("mean", "elite"),
-                    f"action_choice must be 'mean' or 'elite', got {self.action_choice!r}",
-                ),
                 (self.horizon >= 1, f"horizon must be >= 1, got {self.horizon}"),
                 (self.num_samples >= 2, f"num_samples must be >= 2, got {self.num_samples}"),
                 (

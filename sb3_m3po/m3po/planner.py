@@ -4,7 +4,7 @@ from typing import NamedTuple, Protocol
 
 import torch as th
 
-from sb3_m3po.common.math import gaussian_mixture_log_prob, masked_gaussian_log_prob, mppi_refit
+from sb3_m3po.common.math import masked_gaussian_log_prob, mppi_refit
 from sb3_m3po.m3po.config import PlannerConfig
 
 
@@ -137,7 +137,7 @@ class MPPIPlanner:
         :param init_plan: ``(B, H, A)`` warm-start mean (see :func:`shift_plan`)
         :param task: optional ``(B,)`` task ids
         :param action_mask: optional ``(B, A)`` 0/1 mask of the valid action dims
-        :param deterministic: return the centre (``action_choice``) instead of a sample
+        :param deterministic: return the mean first action instead of a sample
         :param generator: RNG for all sampling (seeded per call for deterministic plans)
         """
         cfg = self.config
@@ -163,20 +163,11 @@ class MPPIPlanner:
             refit = mppi_refit(actions, values, cfg.num_elites, cfg.temperature, cfg.min_std, cfg.max_std, action_mask)
             mean, std = refit.mean, refit.std
         first_mean, first_std = mean[:, 0], std[:, 0]
-        centre = first_mean
-        if cfg.action_choice == "elite":
-            elite_first, weights = refit.elite_actions[:, :, 0], refit.weights
-            if deterministic:
-                pick = weights.argmax(dim=1)
-            else:
-                pick = th.multinomial(weights, 1, generator=generator).squeeze(1)
-            centre = elite_first[th.arange(batch, device=z.device), pick]
-        action = centre
-        if not deterministic:
-            action = centre + first_std * th.randn(batch, act_dim, generator=generator, device=z.device, dtype=z.dtype)
-        # the refit leaves std 0 on masked dims: they are excluded from the density
-        if cfg.action_choice == "elite":
-            log_prob = gaussian_mixture_log_prob(action, elite_first, first_std, weights, action_mask)
+        if deterministic:
+            action = first_mean
         else:
-            log_prob = masked_gaussian_log_prob(action, first_mean, first_std, action_mask)
+            noise = th.randn(batch, act_dim, generator=generator, device=z.device, dtype=z.dtype)
+            action = first_mean + first_std * noise
+        # the refit leaves std 0 on masked dims: they are excluded from the density
+        log_prob = masked_gaussian_log_prob(action, first_mean, first_std, action_mask)
         return PlanResult(action, first_mean, first_std, mean, log_prob)

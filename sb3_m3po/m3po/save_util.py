@@ -45,7 +45,7 @@ RENAMED_SETTINGS: dict[str, str] = {
     "bonus_per_task": "bonus_kwargs['per_task']",
     "kl_estimate": "removed (target_kl bounds PPO's sample estimate)",
     "value_target": "removed (V-trace targets)",
-    "action_choice": "planner_kwargs['action_choice']",
+    "action_choice": "removed (the MPPI mean)",
     "rho_bar": "removed (1)",
     "c_bar": "removed (1)",
 }
