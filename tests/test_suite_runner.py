@@ -348,13 +348,13 @@ def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(t
     committed = os.path.join(REPO, "benchmarks", "results", "mujoco_diagnostics", "raw", "halfcheetah")
     folder = tmp_path / "raw" / "halfcheetah"
     folder.mkdir(parents=True)
-    for seed in (0, 1):  # m3po's records, and m3po_no_seed_phase's under the name m3po_seed5k
-        for suffix in (".json", ".csv"):
-            shutil.copy(os.path.join(committed, f"m3po_seed{seed}{suffix}"), folder)
-        with open(os.path.join(committed, f"m3po_no_seed_phase_seed{seed}.json")) as f:
-            record = {**json.load(f), "algorithm": "m3po_seed5k"}
-        (folder / f"m3po_seed5k_seed{seed}.json").write_text(json.dumps(record))
-        shutil.copy(os.path.join(committed, f"m3po_no_seed_phase_seed{seed}.csv"), folder / f"m3po_seed5k_seed{seed}.csv")
+    # committed records renamed: m3po_gamma099's as m3po, m3po_no_seed_phase's as m3po_seed5k
+    for seed in (0, 1):
+        for source, name in (("m3po_gamma099", "m3po"), ("m3po_no_seed_phase", "m3po_seed5k")):
+            with open(os.path.join(committed, f"{source}_seed{seed}.json")) as f:
+                record = {**json.load(f), "algorithm": name}
+            (folder / f"{name}_seed{seed}.json").write_text(json.dumps(record))
+            shutil.copy(os.path.join(committed, f"{source}_seed{seed}.csv"), folder / f"{name}_seed{seed}.csv")
     suite_file = tmp_path / "extends.yml"
     suite_file.write_text(
         yaml.safe_dump(
@@ -363,8 +363,8 @@ def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(t
                 "defaults": {"sim_steps": 30000, "eval_every": 10000, "eval_episodes": 5, "score": "return"},
                 "tasks": {"halfcheetah": {"env": "HalfCheetah-v5", "score_range": [0, 9535]}},
                 "algorithms": {
-                    "m3po": {"algo": "m3po"},
-                    "m3po_seed5k": {"algo": "m3po", "params": {"world_model_kwargs": {"seed_steps": 0}}},
+                    "m3po": {"algo": "m3po", "params": {"gamma": 0.99}},
+                    "m3po_seed5k": {"algo": "m3po", "params": {"world_model_kwargs": {"seed_steps": 0}, "gamma": 0.99}},
                 },
             }
         )
