@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -148,6 +149,10 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, tiny):
         (
             lambda s: s["algorithms"]["ppo"].update(extra_args=["--seed", "3"]),
             "'extra_args' sets --seed, which the runner sets itself",
+        ),
+        (
+            lambda s: s["algorithms"]["ppo"].update(compare_to="m3po"),
+            "algorithm 'ppo': compare_to names no algorithm of the suite (did you mean 'm3po_tiny'?)",
         ),
     ],
 )
@@ -314,6 +319,23 @@ def test_bootstrap_difference_of_means():
     assert 7.0 <= low < diff < high <= 13.0, (low, high)  # bounded by the extreme resamples (10 - 3, 14 - 1)
     same = report.diff_ci([5.0, 5.0], [5.0])
     assert same == (0.0, 0.0, 0.0)
+
+
+def test_an_ablation_is_compared_with_the_entry_it_names(tmp_path, tiny):
+    content = tiny_suite(tiny)
+    content["algorithms"]["x_old"] = {"algo": "m3po", "params": {"gamma": 0.9}}  # the file's keys are sorted
+    content["algorithms"]["y_old_no_bonus"] = {"algo": "m3po", "params": {"gamma": 0.9}, "compare_to": "x_old"}
+    suite = spec.load_suite(write_suite(tmp_path / "pairs.yml", content))
+    scores = {"m3po_tiny": [10.0, 12.0], "ppo": [1.0, 2.0], "x_old": [5.0, 7.0], "y_old_no_bonus": [8.0, 9.0]}
+    rows = report._versus(suite, lambda task, algorithm: pd.Series(scores[algorithm]))
+    assert list(rows[0]) == ["task", "m3po_tiny - ppo", "m3po_tiny - x_old", "x_old - y_old_no_bonus"]
+    assert rows[0]["m3po_tiny - x_old"].startswith("+5 ") and rows[0]["x_old - y_old_no_bonus"].startswith("-2 ")
+    assert rows[1] == {
+        "task": "the left entry ahead on",
+        "m3po_tiny - ppo": "1 of 1",
+        "m3po_tiny - x_old": "1 of 1",
+        "x_old - y_old_no_bonus": "0 of 1",
+    }
 
 
 def test_aggregate_confidence_intervals_are_reproducible():

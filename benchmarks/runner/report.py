@@ -243,21 +243,23 @@ def _final_scores(suite: Suite, finals: Finals) -> list[dict[str, str]]:
 
 
 def _versus(suite: Suite, finals: Finals) -> list[dict[str, str]]:
-    """The suite's first algorithm minus each other one, task by task, and the count of tasks it leads."""
+    """Each algorithm's baseline (its ``compare_to``, else the first) minus it, task by task, and the count of
+    tasks the baseline leads."""
     first, *others = suite.algorithms
-    rows, ahead = [], {f"{first} - {n}": [0, 0] for n in others}
+    bases = {name: suite.algorithms[name].compare_to or first for name in others}
+    pairs = {f"{base} - {name}": (base, name) for name, base in bases.items()}
+    rows, ahead = [], {key: [0, 0] for key in pairs}
     for task in suite.tasks.values():
-        mine, row = finals(task.name, first), {"task": task.name}
-        for name in others:
-            theirs, key = finals(task.name, name), f"{first} - {name}"
-            row[key] = "-"
+        row = {"task": task.name}
+        for key, (base, name) in pairs.items():
+            mine, theirs, row[key] = finals(task.name, base), finals(task.name, name), "-"
             if len(mine) and len(theirs):
                 diff, low, high = diff_ci(mine, theirs)
                 ahead[key] = [ahead[key][0] + (diff > 0), ahead[key][1] + 1]
                 interval = f"[{_fmt(low, task.score)}, {_fmt(high, task.score)}]"
                 row[key] = f"{_fmt(diff, task.score, True)} {interval} ({len(mine)} vs {len(theirs)})"
         rows.append(row)
-    return [*rows, {"task": f"`{first}` ahead on", **_count(ahead)}]
+    return [*rows, {"task": "the left entry ahead on", **_count(ahead)}]
 
 
 def _gap(suite: Suite, finals: Finals) -> list[dict[str, str]]:
@@ -382,7 +384,7 @@ def summarize(suite: Suite, layout: Layout) -> str:
         if len(suite.algorithms) > 1:
             first = next(iter(suite.algorithms))
             intro = "Difference of mean final scores [95 % bootstrap CI, seeds resampled on both sides]; "
-            intro += f"> 0: `{first}` ahead."
+            intro += f"> 0: the entry left of the minus ahead (`{first}`, or the entry an algorithm names in `compare_to`)."
             lines += _section(f"`{first}` against the others", intro, _versus(suite, finals))
         gap = _gap(suite, finals)
         if gap:

@@ -105,6 +105,7 @@ class Algorithm(_Strict):
     algo: str = Field(min_length=1)
     params: dict[str, Any] = {}
     extra_args: tuple[str, ...] = ()
+    compare_to: str | None = None  # the entry the summary subtracts it from (default: the suite's first)
 
     _tokens = field_validator("extra_args")(_command_line_tokens)
     _literal_params = field_validator("params")(_literals)
@@ -127,6 +128,14 @@ class Suite(_Strict):
             raise ValueError("must be distinct non-negative integers")
         return seeds
 
+    @model_validator(mode="after")
+    def _known_baselines(self) -> "Suite":
+        for algorithm in self.algorithms.values():
+            if algorithm.compare_to is not None and algorithm.compare_to not in self.algorithms:
+                hint = did_you_mean(algorithm.compare_to, list(self.algorithms))
+                raise ValueError(f"algorithm '{algorithm.name}': compare_to names no algorithm of the suite{hint}")
+        return self
+
 
 def _unknown_key(key: str, model: type[BaseModel]) -> str:
     fields = [f for f in model.model_fields if f not in ("name", "path")]
@@ -136,7 +145,7 @@ def _unknown_key(key: str, model: type[BaseModel]) -> str:
 def _problem(error: dict[str, Any]) -> str:
     """One pydantic error as ``<entry>, <problem>``, with the entry and key named as in the file."""
     loc, where, model = [str(part) for part in error["loc"]], "", Suite
-    if loc[0] in ("tasks", "algorithms") and len(loc) > 1:
+    if len(loc) > 1 and loc[0] in ("tasks", "algorithms"):
         where, model = f"{loc[0][:-1]} '{loc[1]}', ", Task if loc[0] == "tasks" else Algorithm
         loc = loc[2:]
     key = loc[0] if loc else ""
