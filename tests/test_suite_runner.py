@@ -321,6 +321,20 @@ def test_bootstrap_difference_of_means():
     assert same == (0.0, 0.0, 0.0)
 
 
+def test_a_single_sac_run_reaches_its_own_final_score():
+    # records keep the final score in full, the curve CSVs with 6 significant digits: SAC's run must still count
+    # as reaching SAC's mean at its last evaluation
+    final = 902.123456789
+    table = pd.DataFrame(
+        [{"task": "t", "algorithm": "sac", "seed": 0, "wall_seconds": 600.0, "sim_steps": 100, "sim_steps_per_second": 0.2}]
+    )
+    curve = pd.DataFrame(
+        {"task": "t", "algorithm": "sac", "seed": 0, "sim_steps": [50, 100], "score": [10.0, float(f"{final:.6g}")]}
+    )
+    rows = report._wall_clock(table, curve, lambda task, algorithm: pd.Series([final]))
+    assert rows[0]["minutes to SAC's final score (runs reaching it)"] == "10 (1 of 1)"
+
+
 def test_an_ablation_is_compared_with_the_entry_it_names(tmp_path, tiny):
     content = tiny_suite(tiny)
     content["algorithms"]["x_old"] = {"algo": "m3po", "params": {"gamma": 0.9}}  # the file's keys are sorted

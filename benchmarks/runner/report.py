@@ -289,7 +289,8 @@ def _wall_clock(runs: pd.DataFrame, curves: pd.DataFrame, finals: Finals) -> lis
             times = []
             for record in mine.itertuples():
                 curve = curves[(curves.task == name) & (curves.algorithm == algorithm) & (curves.seed == record.seed)]
-                hit = curve.sim_steps[curve.score >= sac.mean()]
+                # the curves are stored with 6 significant digits, the records' final scores in full
+                hit = curve.sim_steps[curve.score >= float(f"{sac.mean():.6g}")]
                 times.append(record.wall_seconds * hit.iloc[0] / record.sim_steps / 60 if len(hit) else np.nan)
             reached = [t for t in times if not np.isnan(t)]
             reach = f"{np.mean(reached):.0f}" if reached else "not reached"
