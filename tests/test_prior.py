@@ -8,7 +8,7 @@ import torch as th
 
 from sb3_m3po import M3PO
 from sb3_m3po.m3po.config import PriorConfig
-from sb3_m3po.m3po.world_model_update import prior_saturation, q_guided_prior_step, world_model_targets
+from sb3_m3po.m3po.world_model_update import behaviour_gap, prior_saturation, q_guided_prior_step, world_model_targets
 
 TDMPC2_PRIOR = {"objective": "sample", "state_std": True, "target_action": "sample"}
 
@@ -124,6 +124,7 @@ def test_sample_prior_save_load_keeps_its_optimizer_and_actions(tiny, tmp_path):
         ({"entropy_coef": -1}, "entropy_coef must be >= 0"),
         ({"log_std_min": 2, "log_std_max": 1}, "need log_std_min < log_std_max"),
         ({"entropy": 0.1}, "unknown key(s) ['entropy'] in prior_kwargs"),
+        ({"bc_coef": -0.1}, "bc_coef must be >= 0, got -0.1"),
     ],
 )
 def test_invalid_prior_settings_are_named(prior_kwargs, needle):
@@ -171,3 +172,44 @@ def test_mean_reg_is_on_by_default_and_pulls_a_saturated_prior_mean_back_inside_
 def test_negative_mean_reg_is_refused(tiny):
     with pytest.raises(ValueError, match="mean_reg must be >= 0, got -1"):
         M3PO("MlpPolicy", "Pendulum-v1", prior_kwargs={"mean_reg": -1}, **tiny)
+
+
+def test_behaviour_gap_is_the_mean_squared_distance_over_the_valid_action_dims(tiny):
+    policy = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    pre_mean = th.tensor([[0.0, math.atanh(0.5)], [math.atanh(-0.5), 0.0]])
+    actions = th.tensor([[1.0, 0.5], [0.5, -1.0]])
+    # one task, all dims valid: (1 + 0) / 2 and (1 + 1) / 2
+    assert th.allclose(behaviour_gap(policy, (pre_mean, pre_mean), actions, None), th.tensor([[0.5], [1.0]]))
+    policy.action_masks = th.tensor([[1.0, 1.0], [1.0, 0.0]])  # task 1 acts on its first dim only
+    gap = behaviour_gap(policy, (pre_mean, pre_mean), actions, th.tensor([0, 1]))
+    assert th.allclose(gap, th.tensor([[0.5], [1.0]])), "the masked dim of task 1 neither counts nor divides"
+
+
+def test_bc_coef_pulls_the_prior_mean_to_the_replayed_actions_and_is_off_by_default(tiny):
+    assert PriorConfig().bc_coef == 0.0, "off by default"
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"bc_coef": 10.0}, **tiny)
+    policy, config = model.policy, model.world_model_config
+    latents = policy.world_model.encode(th.randn(3, 32, policy.obs_dim))
+    actions = th.full((3, 32, policy.action_dim), 0.6)
+
+    def gap(p):
+        with th.no_grad():
+            return float((p.prior_mean(latents) - actions).abs().mean())
+
+    before = gap(policy)
+    for _ in range(30):
+        q_guided_prior_step(policy, latents, None, config, model.max_grad_norm, 1.0, actions=actions)
+    assert gap(policy) < 0.5 * before, f"|mean - action| {before:.3f} -> {gap(policy):.3f}"
+    plain = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
+    for _ in range(30):
+        q_guided_prior_step(plain, latents, None, config, model.max_grad_norm, 1.0, actions=actions)
+    assert gap(plain) > 0.8 * before, "without the constraint the replayed actions do not move the prior"
+    with pytest.raises(AssertionError, match="bc_coef'\\] > 0 needs the replayed actions"):
+        q_guided_prior_step(policy, latents, None, config, model.max_grad_norm, 1.0)
+
+
+def test_bc_coef_trains_through_learn_and_round_trips_save_load(tiny, tmp_path):
+    model = M3PO("MlpPolicy", "Pendulum-v1", seed=0, prior_kwargs={"bc_coef": 0.4}, **tiny).learn(96)
+    model.save(tmp_path / "bc")
+    loaded = M3PO.load(tmp_path / "bc")
+    assert loaded.prior_config.bc_coef == 0.4 and loaded.policy.prior_config.bc_coef == 0.4

@@ -289,6 +289,11 @@ class PriorConfig:
     :param mean_reg: weight of ``mean(u ** 2)``, ``u`` the prior's pre-tanh mean, in the Q-guided step's loss
         (as the original SAC's ``mean_reg``): without it ``u`` can drift far past the tanh's bounds, where
         neither update's gradient reaches it and the prior is a constant bang-bang action
+    :param bc_coef: weight of the squared distance between the prior mean and the replayed (executed) action,
+        averaged over the valid action dims and weighted over the horizon like the Q term, in the Q-guided step
+        (TD3+BC's constraint, which TD-M(PC)^2 adds to TD-MPC2: the TD targets and the planner's terminal value read
+        Q at the prior's action, so a prior that wanders away from the planner's actions makes Q answer for
+        actions it never saw, and its overestimation feeds back through the targets). 0: no constraint
     """
 
     objective: str = "mean"
@@ -299,11 +304,13 @@ class PriorConfig:
     log_std_min: float = -10.0
     log_std_max: float = 2.0
     mean_reg: float = 1e-3
+    bc_coef: float = 0.0
 
     def __post_init__(self) -> None:
         _check(
             [
                 (self.mean_reg >= 0, f"mean_reg must be >= 0, got {self.mean_reg}"),
+                (self.bc_coef >= 0, f"bc_coef must be >= 0, got {self.bc_coef}"),
                 (self.objective in ("mean", "sample"), f"objective must be 'mean' or 'sample', got {self.objective!r}"),
                 (
                     self.target_action in ("mean", "sample"),

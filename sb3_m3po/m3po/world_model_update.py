@@ -85,6 +85,7 @@ def q_guided_prior_step(
     max_grad_norm: float,
     q_scale: float | th.Tensor,
     mask: th.Tensor | None = None,
+    actions: th.Tensor | None = None,
 ) -> th.Tensor:
     """
     One step of the prior up the Q ensemble, on the latents of a world-model batch (``prior_kwargs['objective']``).
@@ -101,6 +102,7 @@ def q_guided_prior_step(
     :param latents: ``(H, B, L)`` latents of the batch (detached here)
     :param q_scale: the running Q scale (a tensor on the policy's device stays there: no host sync per step)
     :param mask: ``(H, B, 1)`` 0 on latents after a termination (imagined from the next episode's actions)
+    :param actions: ``(H, B, A)`` the replayed actions at the latents (needed when ``prior_kwargs['bc_coef'] > 0``)
     :return: the updated running Q scale, a 0-dim tensor
     """
     wm, prior = policy.world_model, policy.prior_config
@@ -129,6 +131,9 @@ def q_guided_prior_step(
     loss = -config.prior_q_coef * (objective * weights).mean()
     if prior.mean_reg > 0:
         loss = loss + prior.mean_reg * head[0].pow(2).mean()
+    if prior.bc_coef > 0:
+        assert actions is not None, "prior_kwargs['bc_coef'] > 0 needs the replayed actions"
+        loss = loss + prior.bc_coef * (behaviour_gap(policy, head, actions, task) * weights).mean()
     optimizer = policy.prior_optimizer if sample else policy.optimizer
     assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
     optimizer.zero_grad(set_to_none=True)
@@ -138,6 +143,20 @@ def q_guided_prior_step(
     th.nn.utils.clip_grad_norm_(policy.actor.parameters(), clip, foreach=True)
     optimizer.step()
     return q_scale
+
+
+def behaviour_gap(
+    policy: M3POPolicy, head: tuple[th.Tensor, th.Tensor], actions: th.Tensor, task: th.Tensor | None
+) -> th.Tensor:
+    """
+    Mean squared distance ``(..., 1)`` between the prior mean (from its :meth:`~M3POPolicy.prior_head` output
+    ``head``) and ``actions``, over the task's valid action dims.
+    """
+    mean = th.tanh(head[0])
+    valid = policy.action_mask(task)
+    if valid is None:
+        return (mean - actions).pow(2).mean(-1, keepdim=True)
+    return ((mean - actions) * valid).pow(2).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
 
 
 def update_world_model(
@@ -189,7 +208,9 @@ def update_world_model(
         optimizer.step()
         wm.soft_update_target(config.tau)
         if config.prior_q_coef > 0:
-            scale = q_guided_prior_step(policy, losses.latents, task, config, prior_max_grad_norm, scale, batch.mask)
+            scale = q_guided_prior_step(
+                policy, losses.latents, task, config, prior_max_grad_norm, scale, batch.mask, batch.actions
+            )
         step_stats = (losses.consistency, losses.reward, losses.value, losses.termination, grad_norm)
         totals += th.stack([part.detach() for part in step_stats])
     consistency, reward, value, termination, grad_norm = (totals / max(steps, 1)).tolist()
