@@ -7,8 +7,9 @@ import pytest
 import torch as th
 
 from sb3_m3po import M3PO
+from sb3_m3po.common.math import masked_mean_squared_error
 from sb3_m3po.m3po.config import PriorConfig
-from sb3_m3po.m3po.world_model_update import behaviour_gap, prior_saturation, q_guided_prior_step, world_model_targets
+from sb3_m3po.m3po.world_model_update import prior_saturation, q_guided_prior_step, world_model_targets
 
 TDMPC2_PRIOR = {"objective": "sample", "state_std": True, "target_action": "sample"}
 
@@ -174,15 +175,14 @@ def test_negative_mean_reg_is_refused(tiny):
         M3PO("MlpPolicy", "Pendulum-v1", prior_kwargs={"mean_reg": -1}, **tiny)
 
 
-def test_behaviour_gap_is_the_mean_squared_distance_over_the_valid_action_dims(tiny):
-    policy = M3PO("MlpPolicy", "Pendulum-v1", seed=0, **tiny).policy
-    pre_mean = th.tensor([[0.0, math.atanh(0.5)], [math.atanh(-0.5), 0.0]])
+def test_masked_mean_squared_error_counts_the_valid_action_dims_only():
+    mean = th.tensor([[0.0, 0.5], [-0.5, 0.0]])
     actions = th.tensor([[1.0, 0.5], [0.5, -1.0]])
-    # one task, all dims valid: (1 + 0) / 2 and (1 + 1) / 2
-    assert th.allclose(behaviour_gap(policy, (pre_mean, pre_mean), actions, None), th.tensor([[0.5], [1.0]]))
-    policy.action_masks = th.tensor([[1.0, 1.0], [1.0, 0.0]])  # task 1 acts on its first dim only
-    gap = behaviour_gap(policy, (pre_mean, pre_mean), actions, th.tensor([0, 1]))
-    assert th.allclose(gap, th.tensor([[0.5], [1.0]])), "the masked dim of task 1 neither counts nor divides"
+    # all dims valid: (1 + 0) / 2 and (1 + 1) / 2
+    assert th.allclose(masked_mean_squared_error(mean, actions), th.tensor([[0.5], [1.0]]))
+    mask = th.tensor([[1.0, 1.0], [1.0, 0.0]])  # the second row acts on its first dim only
+    gap = masked_mean_squared_error(mean, actions, mask)
+    assert th.allclose(gap, th.tensor([[0.5], [1.0]])), "the masked dim neither counts nor divides"
 
 
 def test_bc_coef_pulls_the_prior_mean_to_the_replayed_actions_and_is_off_by_default(tiny):

@@ -303,3 +303,14 @@ def clipped_surrogate(
         clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
         approx_kl = ((ratio - 1.0) - log_ratio).mean()
     return SurrogateTerms(-surrogate.mean(), clip_fraction, approx_kl)
+
+
+def masked_mean_squared_error(x: th.Tensor, target: th.Tensor, mask: th.Tensor | None = None) -> th.Tensor:
+    """
+    Mean over the valid dimensions of the last axis of ``(x - target) ** 2``, shape ``(..., 1)``.
+
+    :param mask: optional ``(..., A)`` of 0/1, 1 on valid dimensions (a masked dimension neither counts nor divides)
+    """
+    if mask is None:
+        return (x - target).pow(2).mean(-1, keepdim=True)
+    return ((x - target) * mask).pow(2).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)

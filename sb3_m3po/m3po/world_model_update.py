@@ -9,6 +9,7 @@ import torch as th
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_m3po.common.buffers import EpisodicReplayBuffer, ReplaySamples
+from sb3_m3po.common.math import masked_mean_squared_error
 from sb3_m3po.common.utils import NonFiniteError
 from sb3_m3po.m3po.config import WorldModelTrainingConfig
 from sb3_m3po.m3po.policies import M3POPolicy
@@ -133,7 +134,9 @@ def q_guided_prior_step(
         loss = loss + prior.mean_reg * head[0].pow(2).mean()
     if prior.bc_coef > 0:
         assert actions is not None, "prior_kwargs['bc_coef'] > 0 needs the replayed actions"
-        loss = loss + prior.bc_coef * (behaviour_gap(policy, head, actions, task) * weights).mean()
+        mean = policy.prior_mean_std(latents, task, head=head)[0] if sample else action  # "mean": the action is the mean
+        gap = masked_mean_squared_error(mean, actions, policy.action_mask(task))
+        loss = loss + prior.bc_coef * (gap * weights).mean()
     optimizer = policy.prior_optimizer if sample else policy.optimizer
     assert optimizer is not None, "the 'sample' prior objective needs the policy's prior_optimizer"
     optimizer.zero_grad(set_to_none=True)
@@ -143,20 +146,6 @@ def q_guided_prior_step(
     th.nn.utils.clip_grad_norm_(policy.actor.parameters(), clip, foreach=True)
     optimizer.step()
     return q_scale
-
-
-def behaviour_gap(
-    policy: M3POPolicy, head: tuple[th.Tensor, th.Tensor], actions: th.Tensor, task: th.Tensor | None
-) -> th.Tensor:
-    """
-    Mean squared distance ``(..., 1)`` between the prior mean (from its :meth:`~M3POPolicy.prior_head` output
-    ``head``) and ``actions``, over the task's valid action dims.
-    """
-    mean = th.tanh(head[0])
-    valid = policy.action_mask(task)
-    if valid is None:
-        return (mean - actions).pow(2).mean(-1, keepdim=True)
-    return ((mean - actions) * valid).pow(2).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
 
 
 def update_world_model(
