@@ -391,7 +391,7 @@ def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(t
                 record = {**json.load(f), "algorithm": name}
             (folder / f"{name}_seed{seed}.json").write_text(json.dumps(record))
             shutil.copy(os.path.join(committed, f"{source}_seed{seed}.csv"), folder / f"{name}_seed{seed}.csv")
-    suite_file = tmp_path / "extends.yml"
+    suite_file, no_bc = tmp_path / "extends.yml", {"prior_kwargs": {"bc_coef": 0.0}}  # as the records' specs
     suite_file.write_text(
         yaml.safe_dump(
             {
@@ -399,8 +399,11 @@ def test_records_of_an_algorithm_whose_name_extends_another_belong_to_it_alone(t
                 "defaults": {"sim_steps": 30000, "eval_every": 10000, "eval_episodes": 5, "score": "return"},
                 "tasks": {"halfcheetah": {"env": "HalfCheetah-v5", "score_range": [0, 9535]}},
                 "algorithms": {
-                    "m3po": {"algo": "m3po", "params": {"gamma": 0.99}},
-                    "m3po_seed5k": {"algo": "m3po", "params": {"world_model_kwargs": {"seed_steps": 0}, "gamma": 0.99}},
+                    "m3po": {"algo": "m3po", "params": {"gamma": 0.99, **no_bc}},
+                    "m3po_seed5k": {
+                        "algo": "m3po",
+                        "params": {"world_model_kwargs": {"seed_steps": 0}, "gamma": 0.99, **no_bc},
+                    },
                 },
             }
         )

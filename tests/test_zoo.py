@@ -174,7 +174,7 @@ def test_train_m3po_on_an_unlisted_dm_control_id_uses_the_family_entry(tmp_path)
 
 
 @pytest.mark.slow
-def test_train_m3po_on_a_gymnasium_mujoco_id_gets_the_seed_phase_of_its_entry(tmp_path):
+def test_train_m3po_on_a_gymnasium_mujoco_id_gets_the_seed_phase_and_bc_weight_of_its_entry(tmp_path):
     from sb3_m3po import M3PO
 
     log = str(tmp_path / "logs")
@@ -189,6 +189,7 @@ def test_train_m3po_on_a_gymnasium_mujoco_id_gets_the_seed_phase_of_its_entry(tm
         assert "seed_steps" in f.read(), "the saved configuration names the entry's seed phase"
     model = M3PO.load(glob.glob(os.path.join(log, "m3po", "**", "Hopper-v5.zip"), recursive=True)[0])
     assert model.world_model_config.seed_steps == 5000
+    assert model.prior_config.bc_coef == 0.4, "Hopper-v5's entry ships TD3+BC's constraint"
 
 
 @pytest.mark.slow
